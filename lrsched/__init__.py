@@ -1,0 +1,17 @@
+"""lrsched: learning-rate schedules for JAX and Optax.
+
+Every schedule is a pure, jit-compatible ``optax.Schedule`` (``step -> value``) that
+composes with any Optax transform, e.g.::
+
+  import optax, lrsched
+  schedule = lrsched.one_cycle(max_lr=0.8, total_steps=10_000)
+  momentum = lrsched.one_cycle_momentum(total_steps=10_000)
+  tx = lrsched.sgd(schedule, momentum=momentum, weight_decay=1e-4)
+"""
+
+from lrsched._base import REGISTRY, Schedule, as_step
+
+# -- classic decays --
+from lrsched.decay import constant, linear
+
+__version__ = '0.1.0'
