@@ -1,0 +1,143 @@
+"""What a run writes: ``metrics.jsonl``, TensorBoard events, ``summary.json``, a progress line.
+
+Only process 0 of a multi-host job writes (``enabled=False`` elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class MetricWriter:
+  """Appends one JSON object per evaluation to ``metrics.jsonl`` and mirrors it to TensorBoard.
+
+  On resumption from step ``resume_step``, lines of steps after it (written after the
+  checkpoint the run resumes from, and about to be recomputed identically) are moved to
+  ``metrics.jsonl.after-<step>`` rather than dropped.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.rows: list[dict[str, Any]] = []
+    self._tb = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    if os.path.exists(self.path):
+      self._keep_until(resume_step)
+    try:
+      from tensorboardX import SummaryWriter
+    except ImportError:
+      log.warning('tensorboardX is not installed: no TensorBoard events '
+                  "(pip install 'lrsched[experiments]')")
+    else:
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=resume_step)
+
+  def _keep_until(self, step: int) -> None:
+    with open(self.path) as f:
+      lines = [line for line in f if line.strip()]
+    keep, later = [], []
+    for line in lines:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:  # a line cut short by a kill: not a result
+        later.append(line)
+        continue
+      (keep if row.get('step', 0) <= step else later).append(line)
+    if later:
+      with open(f'{self.path}.after-{step}', 'a') as f:
+        f.writelines(line if line.endswith('\n') else line + '\n' for line in later)
+    with open(self.path, 'w') as f:
+      f.writelines(keep)
+    self.rows = [json.loads(line) for line in keep]
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    if self._tb is not None:
+      for name, value in values.items():
+        self._tb.add_scalar(name, value, step)
+
+  def evaluation(self, row: dict[str, Any]) -> None:
+    self.rows.append(row)
+    if not self.enabled:
+      return
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    self.scalars(row['step'], {f'eval/{k}': v for k, v in row.items()
+                               if k not in ('step', 'epoch') and isinstance(v, (int, float))})
+    if self._tb is not None:
+      self._tb.flush()
+
+  def best(self, key: str) -> float:
+    values = [row[key] for row in self.rows if row.get(key) is not None]
+    return max(values) if values else -1.0
+
+  def last_evaluation(self) -> dict[str, Any] | None:
+    return self.rows[-1] if self.rows else None
+
+  def summary(self, summary: dict[str, Any]) -> None:
+    if self.enabled:
+      path = os.path.join(os.path.dirname(self.path), 'summary.json')
+      with open(path, 'w') as f:
+        json.dump(summary, f, indent=2)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+class Progress:
+  """One terminal line with step, LR, loss, images/s and ETA; plain log lines when not a tty."""
+
+  def __init__(self, total_steps: int, *, enabled: bool = True, stream=None):
+    self.total = total_steps
+    self.enabled = enabled
+    self.stream = stream or sys.stderr
+    self.tty = enabled and self.stream.isatty()
+    self.start = time.time()
+    self.first_step: int | None = None
+
+  def update(self, step: int, *, lr: float, loss: float, images_per_sec: float) -> None:
+    if not self.enabled:
+      return
+    now = time.time()
+    if self.first_step is None:
+      self.first_step, self.start = step, now
+    done = step - self.first_step
+    eta = (now - self.start) / done * (self.total - step) if done > 0 else float('nan')
+    width = len(str(self.total))
+    line = (f'step {step:>{width}}/{self.total} {100 * step / self.total:5.1f}% | '
+            f'lr {lr:.4g} | loss {loss:.4f} | {images_per_sec:,.0f} img/s | '
+            f'ETA {_duration(eta)}')
+    if self.tty:
+      self.stream.write('\r' + line + '\x1b[K')
+    else:
+      self.stream.write(line + '\n')
+    self.stream.flush()
+
+  def note(self, text: str) -> None:
+    if self.enabled:
+      self.stream.write(('\r\x1b[K' if self.tty else '') + text + '\n')
+      self.stream.flush()
+
+  def close(self) -> None:
+    if self.tty:
+      self.stream.write('\n')
+      self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+  if seconds != seconds:  # nan: not known yet
+    return '--:--'
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}:{m:02d}:{s:02d}' if h else f'{m:02d}:{s:02d}'

@@ -1,0 +1,375 @@
+"""Training and evaluation of a CIFAR model with an lrsched schedule.
+
+`train_and_evaluate(config)` is the whole run: it checks every setting and loads the data
+before compiling anything, resumes from the workdir's newest readable checkpoint, trains
+data-parallel over every device (`experiments.parallel`), evaluates, logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import lrsched
+from experiments import data, models, parallel
+from experiments.checkpoint import Checkpointer, abstract_like
+from experiments.config import Config, ConfigError
+from experiments.metrics import MetricWriter, Progress
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EPOCHS = 95
+# Fields that may change between a run and its resumption (they don't change the result).
+RESUMABLE_CHANGES = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'eval_every',
+                     'steps_per_dispatch', 'workdir', 'data_dir')
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or inf; the message names the step and the LR."""
+
+  def __init__(self, step: int, lr: float):
+    super().__init__(f'loss is not finite at step {step} (lr={lr:.6g}); stopped without '
+                     'saving the diverged state: the last good checkpoint is kept')
+    self.step, self.lr = step, lr
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What a config resolves to once the data and the devices are known."""
+
+  total_steps: int
+  steps_per_epoch: int
+  eval_every: int
+  lr_schedule: lrsched.Schedule
+  momentum: float | lrsched.Schedule | None
+
+
+# --------------------------------------------------------------------------------------
+# Resolving the config against the data and the devices (all before any compilation).
+
+
+def resolve_steps(config: Config, train_size: int) -> tuple[int, int]:
+  """(total_steps, steps_per_epoch); an epoch drops its last partial batch."""
+  if config.batch_size > train_size:
+    raise ConfigError(f'--batch_size={config.batch_size} is larger than the training set '
+                      f'({train_size} examples)')
+  steps_per_epoch = train_size // config.batch_size
+  if config.steps is not None:
+    return config.steps, steps_per_epoch
+  epochs = DEFAULT_EPOCHS if config.epochs is None else config.epochs
+  return max(1, math.ceil(epochs * train_size / config.batch_size)), steps_per_epoch
+
+
+def build_schedules(config: Config, total_steps: int
+                    ) -> tuple[lrsched.Schedule, float | lrsched.Schedule | None]:
+  context: dict[str, Any] = {'total_steps': total_steps}
+  if config.lr is not None:
+    context.update(lr=config.lr, max_lr=config.lr)
+  try:
+    lr = lrsched.parse(config.schedule, **context)
+  except ValueError as e:
+    raise ConfigError(f'--schedule: {e}') from None
+  if lr.total_steps is not None and lr.total_steps != total_steps:
+    raise ConfigError(
+        f'--schedule={lr!r} ends at step {lr.total_steps} but the run has {total_steps} '
+        'steps; make them agree (leave total_steps out of the spec to have it filled in, '
+        'or set --steps)')
+  text = config.momentum.strip()
+  if text == 'none':
+    momentum = None
+  elif text == 'cyclical':
+    try:
+      momentum = lrsched.momentum_partner(lr)
+    except ValueError as e:
+      raise ConfigError(f'--momentum=cyclical: {e}') from None
+  else:
+    try:
+      momentum = float(text)
+    except ValueError:
+      try:
+        momentum = lrsched.parse(text, total_steps=total_steps)
+      except ValueError as e:
+        raise ConfigError(f'--momentum: {e}') from None
+    if isinstance(momentum, float) and not 0.0 <= momentum < 1.0:
+      raise ConfigError(f'--momentum must be in [0, 1), got {momentum}')
+  if isinstance(momentum, lrsched.Schedule) and momentum.total_steps not in (None, total_steps):
+    raise ConfigError(f'--momentum={momentum!r} ends at step {momentum.total_steps} but the '
+                      f'run has {total_steps} steps')
+  return lr, momentum
+
+
+def build_optimizer(config: Config, lr: lrsched.Schedule,
+                    momentum: float | lrsched.Schedule | None) -> optax.GradientTransformation:
+  try:
+    return _build_optimizer(config, lr, momentum)
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(f'--optimizer={config.optimizer}: {e}') from None
+
+
+def _build_optimizer(config, lr, momentum):
+  decoupled = config.weight_decay_mode == 'decoupled'
+  if config.optimizer in ('sgd', 'nesterov'):
+    if config.optimizer == 'nesterov' and momentum is None:
+      raise ConfigError('--optimizer=nesterov needs momentum; got --momentum=none')
+    return lrsched.sgd(lr, momentum, nesterov=config.optimizer == 'nesterov',
+                       weight_decay=config.weight_decay, decoupled_weight_decay=decoupled,
+                       velocity='caffe' if config.caffe_momentum else 'optax')
+  if config.optimizer == 'adamw':
+    if not decoupled and config.weight_decay:
+      raise ConfigError('--optimizer=adamw decays weights decoupled; pass '
+                        '--weight_decay_mode=decoupled')
+    return lrsched.adamw(lr, b1=0.9 if momentum is None else momentum,
+                         weight_decay=config.weight_decay)
+  return lrsched.lars(lr, momentum=0.9 if momentum is None else momentum,
+                      weight_decay=config.weight_decay)
+
+
+def check_devices(config: Config, num_devices: int) -> int:
+  """The per-device batch; every divisibility rule is checked here, before compiling."""
+  if config.batch_size % num_devices:
+    raise ConfigError(f'--batch_size={config.batch_size} is not divisible by the '
+                      f'{num_devices} devices; use a multiple of {num_devices}')
+  local = config.batch_size // num_devices
+  if config.bn_group_size is not None and local % config.bn_group_size:
+    raise ConfigError(f'the per-device batch ({config.batch_size} / {num_devices} devices '
+                      f'= {local}) is not divisible by --bn_group_size={config.bn_group_size}')
+  return local
+
+
+def check_resumable(config: Config, workdir: str) -> None:
+  """A workdir holds one run: refuse to continue it with settings that change the result."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  current = dataclasses.asdict(config)
+  differ = sorted(k for k in set(saved) | set(current)
+                  if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+  if differ:
+    detail = ', '.join(f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in differ)
+    raise ConfigError(f'--workdir={workdir} holds a run with other settings ({detail}); '
+                      'use another --workdir, or the same settings to resume it')
+
+
+# --------------------------------------------------------------------------------------
+# The run.
+
+
+def create_state(model, tx, mesh, key, local_batch: int) -> parallel.TrainState:
+  def init(key):
+    params_key, dropout_key = jax.random.split(key)
+    variables = model.init({'params': params_key, 'dropout': dropout_key},
+                           jnp.zeros((local_batch, 32, 32, 3), jnp.float32), train=False)
+    params, batch_stats = variables['params'], variables.get('batch_stats', {})
+    return parallel.TrainState(jnp.zeros((), jnp.int32), params, batch_stats,
+                               tx.init(params), parallel.Metrics.zeros())
+
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))(key)
+
+
+class _StopRequest:
+  """SIGTERM (preemption) and Ctrl-C set a flag; the loop saves and exits at the next step."""
+
+  def __init__(self):
+    self.signal: int | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signal is not None:  # a second Ctrl-C: stop now
+      raise KeyboardInterrupt
+    self.signal = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def requested(self) -> bool:
+    flag = self.signal is not None
+    if jax.process_count() > 1:  # every host must stop at the same step
+      from jax.experimental import multihost_utils
+      flag = bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+    return flag
+
+
+def train_and_evaluate(config: Config, *, command: str | None = None,
+                       devices: list[jax.Device] | None = None) -> dict[str, Any]:
+  """Runs (or resumes) the training described by ``config``; returns the summary.
+
+  ``devices``: the replicas' devices; default every device of the job (all hosts).
+  """
+  start_time = time.time()
+  config.validate()
+  workdir = config.workdir or config.default_workdir
+  is_primary = jax.process_index() == 0
+  devices = jax.devices() if devices is None else list(devices)
+  num_devices = len(devices)
+  local_batch = check_devices(config, num_devices)
+  if config.dataset not in data.DATASETS:
+    raise ConfigError(f'unknown --dataset={config.dataset!r}; valid: {", ".join(data.DATASETS)}')
+  check_resumable(config, workdir)
+  dtype = jnp.bfloat16 if config.precision == 'bfloat16' else jnp.float32
+  try:  # before loading the data, so that a typo fails at once
+    model = models.create_model(config.model, num_classes=100 if config.dataset == 'cifar100'
+                                else 10, dtype=dtype, bn_group_size=config.bn_group_size,
+                                bn_momentum=config.bn_momentum,
+                                dropout_rate=config.dropout_rate, shortcut=config.shortcut)
+  except ValueError as e:
+    raise ConfigError(f'--model: {e}') from None
+
+  dataset = data.load(config.dataset, config.data_dir, train_examples=config.train_examples,
+                      seed=config.seed,
+                      synthetic_size=(config.synthetic_examples, config.synthetic_examples // 5))
+  total_steps, steps_per_epoch = resolve_steps(config, len(dataset.train_labels))
+  lr_schedule, momentum = build_schedules(config, total_steps)
+  tx = build_optimizer(config, lr_schedule, momentum)
+  eval_every = config.eval_every or steps_per_epoch
+  log.info('%s: %d train / %d test examples, %d steps (%.1f epochs), %d devices (%s)',
+           dataset.source, len(dataset.train_labels), len(dataset.test_labels), total_steps,
+           total_steps / steps_per_epoch, num_devices, devices[0].device_kind)
+
+  # Everything is checked: from here on, compile and run.
+  mesh = parallel.make_mesh(devices)
+  init_key, step_key = jax.random.split(jax.random.key(config.seed))
+  state = create_state(model, tx, mesh, init_key, local_batch)
+  checkpointer = Checkpointer(workdir, config.keep_checkpoints)
+  restored = checkpointer.restore_latest(abstract_like(state))
+  start_step = 0
+  if restored is not None:
+    state, start_step = restored
+    log.info('resumed from the checkpoint at step %d in %s', start_step, workdir)
+  writer = MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
+  if is_primary:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json())
+
+  train_images = parallel.put_replicated(mesh, dataset.train_images)
+  train_labels = parallel.put_replicated(mesh, dataset.train_labels.astype(np.int32))
+  mean = parallel.put_replicated(mesh, np.asarray(dataset.mean, np.float32))
+  std = parallel.put_replicated(mesh, np.asarray(dataset.std, np.float32))
+  chunk = eval_chunk(len(dataset.test_labels), num_devices)
+  test = parallel.pad_for_eval(dataset.test_images, dataset.test_labels.astype(np.int32),
+                               num_devices, chunk)
+  test_images, test_labels, test_mask = (parallel.put_sharded(mesh, a) for a in test)
+  train = parallel.make_train_steps(
+      model, tx, mesh, parallel.StepConfig(config.batch_size, steps_per_epoch, config.augment,
+                                           dtype), step_key)
+  evaluate = parallel.make_eval_step(model, mesh, dtype, chunk)
+
+  progress = Progress(total_steps, enabled=is_primary)
+  step = start_step
+  best_accuracy = writer.best('test_accuracy')
+  last = {'time': time.time(), 'step': step, 'busy': 0.0}
+  compile_s = None
+  stopped_by = None
+  with _StopRequest() as stop:
+    while step < total_steps:
+      boundary = min(total_steps, _next_multiple(step, eval_every),
+                     _next_multiple(step, config.checkpoint_every),
+                     _next_multiple(step, config.log_every))
+      n = min(config.steps_per_dispatch, boundary - step)
+      t0 = time.time()
+      state = train(state, train_images, train_labels, mean, std, n)
+      step += n
+      if compile_s is None:
+        jax.block_until_ready(state.step)
+        compile_s = time.time() - t0
+        last.update(time=time.time(), step=step)
+      if stop.requested():
+        stopped_by = signal.Signals(stop.signal or signal.SIGTERM).name
+        break
+      if step % config.log_every and step not in (boundary, total_steps):
+        continue
+      # A sync point: read the (few) scalars, check for divergence.
+      hp = lrsched.hyperparams(state.opt_state)
+      metrics = jax.device_get(state.metrics)
+      if metrics.first_nonfinite_step >= 0:
+        bad = int(metrics.first_nonfinite_step)
+        checkpointer.close()
+        writer.close()
+        raise TrainingDiverged(bad, float(lr_schedule(bad)))
+      now = time.time()
+      images_per_sec = (step - last['step']) * config.batch_size / max(now - last['time'], 1e-9)
+      lr_now = float(hp['learning_rate'])
+      mom_now = float(hp['momentum']) if 'momentum' in hp else None
+      train_loss = float(metrics.loss_sum / max(metrics.count, 1))
+      progress.update(step, lr=lr_now, loss=train_loss, images_per_sec=images_per_sec)
+      writer.scalars(step, {'train/loss': train_loss, 'lr': lr_now,
+                            **({'momentum': mom_now} if mom_now is not None else {})})
+      if step % eval_every == 0 or step == total_steps:
+        test_loss, test_accuracy = (float(v) for v in evaluate(
+            state.params, state.batch_stats, test_images, test_labels, test_mask, mean, std))
+        if not math.isfinite(test_loss):
+          checkpointer.close()
+          writer.close()
+          raise TrainingDiverged(step - 1, float(lr_schedule(step - 1)))
+        best_accuracy = max(best_accuracy, test_accuracy)
+        writer.evaluation({
+            'step': step, 'epoch': step / steps_per_epoch, 'lr': lr_now, 'momentum': mom_now,
+            'train_loss': train_loss,
+            'train_accuracy': float(metrics.correct / max(metrics.count, 1)),
+            'test_loss': test_loss, 'test_accuracy': test_accuracy,
+            'images_per_sec': images_per_sec, 'elapsed_s': time.time() - start_time})
+        progress.note(f'step {step}: test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}')
+        state = state._replace(metrics=jax.device_put(parallel.Metrics.zeros(),
+                                                      parallel.replicated(mesh)))
+      if step % config.checkpoint_every == 0 or step == total_steps:
+        checkpointer.save(step, state)
+      last.update(time=time.time(), step=step)
+    if stopped_by is not None:
+      checkpointer.save(step, state)
+  checkpointer.close()
+  progress.close()
+
+  final = writer.last_evaluation()
+  summary = {
+      'status': 'interrupted' if stopped_by else 'finished',
+      'steps': step, 'total_steps': total_steps, 'epochs': step / steps_per_epoch,
+      'final_test_accuracy': final.get('test_accuracy') if final else None,
+      'best_test_accuracy': best_accuracy if best_accuracy >= 0 else None,
+      'final_test_loss': final.get('test_loss') if final else None,
+      'wall_time_s': time.time() - start_time, 'compile_s': compile_s,
+      'resumed_from_step': start_step or None,
+      'device_kind': devices[0].device_kind, 'device_count': num_devices,
+      'process_count': jax.process_count(), 'data': dataset.source,
+      'schedule': repr(lr_schedule), 'momentum': repr(momentum),
+      'command': command or ' '.join(sys.argv), 'jax_version': jax.__version__,
+  }
+  if stopped_by:
+    log.warning('stopped by %s at step %d: checkpoint saved; run the same command to resume',
+                stopped_by, step)
+  else:
+    writer.summary(summary)
+  writer.close()
+  return summary
+
+
+def eval_chunk(test_size: int, num_devices: int, target: int = 500) -> int:
+  """Per-replica evaluation chunk: about ``target`` examples, with little padding."""
+  per_device = -(-test_size // num_devices)
+  chunks = -(-per_device // target)
+  return -(-per_device // chunks)
+
+
+def _next_multiple(step: int, every: int) -> int:
+  return (step // every + 1) * every

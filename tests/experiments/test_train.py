@@ -1,0 +1,250 @@
+"""End-to-end tests of the training binary on fake CPU devices with a tiny ResNet."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments import data, train
+from experiments.config import Config, ConfigError
+from experiments.metrics import Progress
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny(workdir, **changes) -> Config:
+  base = dict(model='resnet8', dataset='synthetic', synthetic_examples=256, batch_size=32,
+              steps=6, schedule='one_cycle(max_lr=0.2)', momentum='0.9', bn_group_size=8,
+              eval_every=3, checkpoint_every=3, log_every=1, workdir=str(workdir))
+  base.update(changes)
+  return Config(**base)
+
+
+def final_params(workdir) -> dict:
+  """The parameters of the newest checkpoint, as numpy arrays."""
+  directory = os.path.join(workdir, 'checkpoints')
+  with ocp.CheckpointManager(directory) as manager:
+    restored = manager.restore(manager.latest_step())
+  params = restored['params'] if isinstance(restored, dict) else restored[1]
+  return jax.tree.map(np.asarray, params)
+
+
+def assert_trees_equal(a, b, **tolerance):
+  leaves_a, tree_a = jax.tree.flatten(a)
+  leaves_b, tree_b = jax.tree.flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(leaves_a, leaves_b, strict=True):
+    if tolerance:
+      np.testing.assert_allclose(x, y, **tolerance)
+    else:
+      np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('run')
+  summary = train.train_and_evaluate(tiny(workdir))
+  return workdir, summary
+
+
+def test_run_writes_every_output(finished_run):
+  workdir, summary = finished_run
+  assert summary['status'] == 'finished' and summary['steps'] == 6
+  rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  assert [r['step'] for r in rows] == [3, 6]
+  for row in rows:
+    for key in ('step', 'epoch', 'lr', 'momentum', 'train_loss', 'train_accuracy', 'test_loss',
+                'test_accuracy', 'images_per_sec', 'elapsed_s'):
+      assert key in row and row[key] is not None, key
+    assert np.isfinite(row['train_loss']) and 0 <= row['test_accuracy'] <= 1
+  assert rows[0]['momentum'] == pytest.approx(0.9)
+  saved = json.load(open(workdir / 'summary.json'))
+  for key in ('final_test_accuracy', 'best_test_accuracy', 'steps', 'wall_time_s',
+              'device_kind', 'device_count', 'command'):
+    assert key in saved
+  assert saved['device_count'] == jax.device_count()
+  assert json.load(open(workdir / 'config.json'))['model'] == 'resnet8'
+  assert any(name.startswith('events') for name in os.listdir(workdir / 'tensorboard'))
+  assert sorted(os.listdir(workdir / 'checkpoints')) >= ['3', '6']
+
+
+def test_logged_lr_is_the_schedule_at_the_last_update(finished_run):
+  import lrsched
+  workdir, _ = finished_run
+  schedule = lrsched.one_cycle(max_lr=0.2, total_steps=6)
+  rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  for row in rows:  # after `step` updates, the last one used the LR of step - 1
+    assert row['lr'] == pytest.approx(float(schedule(row['step'] - 1)), rel=1e-6)
+
+
+def test_rerunning_a_finished_run_resumes_without_training(finished_run):
+  workdir, first = finished_run
+  again = train.train_and_evaluate(tiny(workdir))
+  assert again['resumed_from_step'] == 6 and again['steps'] == 6
+  assert again['final_test_accuracy'] == first['final_test_accuracy']
+  assert len(open(workdir / 'metrics.jsonl').readlines()) == 2
+
+
+def test_interrupted_and_resumed_run_ends_bit_identical(finished_run, tmp_path, monkeypatch):
+  reference, _ = finished_run
+  workdir = tmp_path / 'interrupted'
+  original_update = Progress.update
+
+  def preempt_once(self, step, **kwargs):  # a real SIGTERM, delivered mid-run
+    original_update(self, step, **kwargs)
+    if step == 4:
+      signal.raise_signal(signal.SIGTERM)
+
+  monkeypatch.setattr(Progress, 'update', preempt_once)
+  summary = train.train_and_evaluate(tiny(workdir))
+  assert summary['status'] == 'interrupted' and summary['steps'] == 5
+  monkeypatch.setattr(Progress, 'update', original_update)
+  resumed = train.train_and_evaluate(tiny(workdir))
+  assert resumed['resumed_from_step'] == 5 and resumed['status'] == 'finished'
+  assert_trees_equal(final_params(workdir), final_params(reference))
+  rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  assert [r['step'] for r in rows] == [3, 6]
+
+
+def test_one_and_four_devices_give_the_same_result(tmp_path):
+  devices = jax.devices()
+  one = train.train_and_evaluate(tiny(tmp_path / 'one', steps=3), devices=devices[:1])
+  four = train.train_and_evaluate(tiny(tmp_path / 'four', steps=3), devices=devices[:4])
+  assert one['device_count'] == 1 and four['device_count'] == 4
+  assert_trees_equal(final_params(tmp_path / 'one'), final_params(tmp_path / 'four'),
+                     rtol=2e-4, atol=2e-6)
+
+
+def test_steps_per_dispatch_gives_identical_parameters(finished_run, tmp_path):
+  reference, _ = finished_run
+  train.train_and_evaluate(tiny(tmp_path / 'k3', steps_per_dispatch=3))
+  assert_trees_equal(final_params(tmp_path / 'k3'), final_params(reference))
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_is_kept(finished_run, tmp_path, caplog):
+  import shutil
+  workdir = tmp_path / 'corrupt'
+  shutil.copytree(finished_run[0], workdir)
+  latest = workdir / 'checkpoints' / '6'
+  for root, _, files in os.walk(latest):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, 'r+b') as f:
+        f.truncate(max(0, os.path.getsize(path) // 2))
+  summary = train.train_and_evaluate(tiny(workdir))
+  assert summary['resumed_from_step'] == 3 and summary['status'] == 'finished'
+  assert 'unreadable' in caplog.text
+  assert os.path.isdir(workdir / 'checkpoints_unreadable' / '6')  # nothing saved is lost
+  assert_trees_equal(final_params(workdir), final_params(finished_run[0]))
+
+
+def test_nan_loss_stops_naming_step_and_lr_and_keeps_good_checkpoints(tmp_path):
+  workdir = tmp_path / 'nan'
+  with pytest.raises(train.TrainingDiverged, match=r'not finite at step \d+ \(lr=1e\+30\)'):
+    train.train_and_evaluate(tiny(workdir, schedule='constant(lr=1e30)', checkpoint_every=1))
+  directory = workdir / 'checkpoints'
+  for step in os.listdir(directory) if directory.exists() else []:
+    with ocp.CheckpointManager(directory) as manager:
+      restored = manager.restore(int(step))
+    params = restored['params'] if isinstance(restored, dict) else restored[1]
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize('changes, message', [
+    (dict(model='resnet7'), 'resnet56'),
+    (dict(dataset='imagenet'), 'cifar10'),
+    (dict(schedule='onecycel'), 'one_cycle'),
+    (dict(optimizer='adam'), 'sgd, nesterov, adamw, lars'),
+    (dict(batch_size=36, bn_group_size=None), 'not divisible by the 8 devices'),
+    (dict(batch_size=64, bn_group_size=3), 'not divisible by --bn_group_size'),
+    (dict(batch_size=64, bn_group_size=16), 'per-device batch'),
+    (dict(schedule='one_cycle(max_lr=0.1, total_steps=99)'), 'ends at step 99'),
+    (dict(momentum='1.5'), 'momentum'),
+    (dict(steps=None, epochs=0.0), 'epochs'),
+    (dict(batch_size=512), 'larger than the training set'),
+    (dict(dataset='cifar10', data_dir='/nonexistent/cifar'), '/nonexistent/cifar'),
+])
+def test_bad_input_is_one_clear_error_before_compiling(tmp_path, changes, message):
+  start = time.time()
+  with pytest.raises((ConfigError, data.DataError), match=message) as info:
+    train.train_and_evaluate(tiny(tmp_path / 'bad', **changes))
+  assert '\n' not in str(info.value)
+  assert not (tmp_path / 'bad' / 'checkpoints').exists()
+  assert time.time() - start < 10
+
+
+def test_workdir_of_another_run_is_refused(finished_run):
+  with pytest.raises(ConfigError, match=r'holds a run with other settings.*seed'):
+    train.train_and_evaluate(tiny(finished_run[0], seed=1))
+
+
+def _run_cli(*args, env=None, timeout=300):
+  return subprocess.run([sys.executable, '-m', 'experiments.cifar', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu', **(env or {})})
+
+
+def test_cli_trains_and_writes_the_files(tmp_path):
+  result = _run_cli('--dataset=synthetic', '--model=resnet8', '--steps=4', '--batch_size=32',
+                    '--synthetic_examples=128', '--momentum=0.9', '--schedule=1cycle',
+                    '--lr=0.1', f'--workdir={tmp_path}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'finished 4 steps' in result.stdout
+  for name in ('metrics.jsonl', 'summary.json', 'config.json'):
+    assert (tmp_path / name).exists()
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+  result = _run_cli('--model=resnet7', f'--workdir={tmp_path}', timeout=120)
+  assert result.returncode == 2
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and 'resnet56' in errors[0]
+  assert 'Traceback' not in result.stderr
+
+
+def test_cli_without_network_or_data_fails_fast_naming_the_fixes(tmp_path):
+  start = time.time()
+  result = _run_cli(f'--workdir={tmp_path}', '--steps=1', timeout=120,
+                    env={'LRSCHED_TFDS_PROBE_HOST': '127.0.0.1:9'})
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert '--data_dir' in result.stderr and '--dataset=synthetic' in result.stderr
+  assert time.time() - start < 60
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_over_loopback_match_one_process(tmp_path):
+  """2 processes x 2 CPU devices (gloo collectives) == 1 process x 4 devices."""
+  args = ['--dataset=synthetic', '--model=resnet8', '--steps=3', '--batch_size=32',
+          '--synthetic_examples=256', '--schedule=one_cycle(max_lr=0.2)', '--momentum=0.9',
+          '--bn_group_size=8', '--eval_every=3', '--checkpoint_every=3']
+  port = _free_port()
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'experiments.cifar', *args, f'--workdir={tmp_path / "multi"}',
+       '--distributed', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+       f'--process_id={i}'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=400) for p in procs]
+  for p, (_, err) in zip(procs, outputs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  summary = json.load(open(tmp_path / 'multi' / 'summary.json'))
+  assert summary['device_count'] == 4 and summary['process_count'] == 2
+  train.train_and_evaluate(tiny(tmp_path / 'single', steps=3), devices=jax.devices()[:4])
+  assert_trees_equal(final_params(tmp_path / 'multi'), final_params(tmp_path / 'single'),
+                     rtol=2e-4, atol=2e-6)
