@@ -1,0 +1,1 @@
+"""Flax experiment suite reproducing super-convergence (Smith & Topin) on CIFAR."""

@@ -1,0 +1,157 @@
+"""What the CIFAR model families share: ghost batch norm and the initialisers.
+
+Ghost batch norm (Hoffer et al., 2017, "Train longer, generalize better") computes the
+batch-norm statistics over fixed-size groups of the batch. It reproduces the per-GPU
+statistics of multi-GPU training (Smith & Topin: 8 GPUs x 125 images, statistics over 125)
+whatever the number of devices this code runs on.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Dtype = Any
+Initializer = Any
+
+# Initialisers. JAX's `he_normal` is a truncated normal; these are the untruncated ones of
+# PyTorch and Caffe. Conv kernels are (kh, kw, in, out): fan_in = kh*kw*in, fan_out = kh*kw*out.
+
+he_normal_fan_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+"""N(0, 2 / fan_out): torch ``kaiming_normal_(mode='fan_out')`` as in torchvision's ResNets
+and the Wide ResNet authors' code (std sqrt(2 / (k*k*out)))."""
+
+caffe_msra = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+"""N(0, 2 / fan_in): Caffe's ``msra`` filler with its default ``variance_norm: FAN_IN``."""
+
+torch_linear = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+"""U(-1/sqrt(fan_in), 1/sqrt(fan_in)): the default weight init of torch ``nn.Linear``."""
+
+caffe_xavier = nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
+"""U(-sqrt(3/fan_in), sqrt(3/fan_in)): Caffe's ``xavier`` filler with its default
+``variance_norm: FAN_IN`` (variance 1/fan_in, not Glorot's 2/(fan_in+fan_out))."""
+
+
+class GhostBatchNorm(nn.Module):
+  r"""Batch norm whose training statistics come from groups of ``group_size`` examples.
+
+  In training (``use_running_average=False``) the batch of B examples is split into
+  B / g consecutive groups of g = ``group_size`` examples, and each group is normalised with
+  its own statistics over (group, height, width), per channel:
+
+  .. math:: y = \gamma \, (x - \mu_k) / \sqrt{\sigma_k^2 + \epsilon} + \beta
+     \quad \text{for } x \text{ in group } k
+
+  where :math:`\sigma_k^2` is the biased (divide by the number of values) variance of group k,
+  computed in float32 with two passes, :math:`E[(x - \mu_k)^2]`, as Caffe does. A group's
+  output therefore depends on that group's examples only. ``group_size=None`` uses the whole
+  batch as one group: `flax.linen.BatchNorm` (with ``use_fast_variance=False``, up to float
+  rounding), with the same variable names.
+
+  "The batch" is the array this module sees: the per-device batch under ``shard_map``/``pmap``,
+  the global batch under ``jit`` with a sharded batch axis. Either way, with groups that
+  don't straddle devices (g divides the per-device batch), the outputs are the same on any
+  number of devices. Under ``jit`` the normalisation then needs no cross-device
+  communication (only the running-average update reduces a per-channel vector across
+  devices); under ``shard_map``/``pmap`` each device updates its own running averages, which
+  must be averaged over devices (``lax.pmean``) to give the single-device values.
+
+  The running averages (used when ``use_running_average=True``) are updated with the mean
+  over groups of the group means and the mean over groups of the biased group variances:
+
+  .. math:: m \leftarrow \rho\, m + (1 - \rho) \tfrac{1}{K}\sum_k \mu_k, \qquad
+            v \leftarrow \rho\, v + (1 - \rho) \tfrac{1}{K}\sum_k \sigma_k^2
+
+  That is what K independent replicas, each updating its own running averages with its own
+  batch (as Caffe's per-GPU batch-norm layers do), would hold once averaged. The mean of the
+  group variances is smaller than the variance of the whole batch by the variance of the
+  group means. The running averages start at mean 0 and variance 1 and are not updated
+  during ``init``, as in `flax.linen.BatchNorm`.
+
+  Unlike Caffe's BatchNorm layer, the running averages are plain exponential moving
+  averages (Caffe divides its decayed sums by the decayed count, which removes the bias
+  towards the initial values), and the variance is averaged without Caffe's unbiasing factor
+  n / (n - 1), n the number of values per channel (negligible here: n >= 125 * 8 * 8).
+
+  Attributes:
+    use_running_average: True for evaluation, False for training; may instead be given to
+      ``__call__`` (exactly one of the two).
+    group_size: g, the number of examples per group; None for the whole batch. The batch
+      must be divisible by g in training (a ValueError at trace time otherwise).
+    momentum: rho, the decay of the running averages (Flax's ``momentum``, Caffe's
+      ``moving_average_fraction``), in [0, 1).
+    epsilon: added to the variance.
+    dtype: the dtype of the output; None for the dtype of the input. The statistics and the
+      normalisation are computed in (at least) float32 either way.
+    param_dtype: the dtype of ``scale`` and ``bias``.
+    scale_init: initialiser of the scale gamma (ones).
+    bias_init: initialiser of the shift beta (zeros).
+  """
+
+  use_running_average: bool | None = None
+  group_size: int | None = None
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  scale_init: Initializer = nn.initializers.ones
+  bias_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+    """Normalises ``x`` (batch first, features last) and applies the learned scale and shift.
+
+    Args:
+      x: an array of shape (batch, ..., features).
+      use_running_average: True to normalise with the running averages (evaluation), False
+        to normalise with group statistics and update the running averages (training; make
+        the ``batch_stats`` collection mutable). Give it here or as the attribute, not
+        both.
+
+    Returns:
+      The normalised array, of shape ``x.shape`` and dtype ``self.dtype`` (or ``x.dtype``).
+    """
+    use_running_average = nn.merge_param(
+      'use_running_average', self.use_running_average, use_running_average
+    )
+    features = x.shape[-1]
+    # Same variable names and dtypes as nn.BatchNorm, so that checkpoints are interchangeable.
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+    scale = self.param('scale', self.scale_init, (features,), self.param_dtype)
+    bias = self.param('bias', self.bias_init, (features,), self.param_dtype)
+    stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    out_dtype = x.dtype if self.dtype is None else self.dtype
+
+    if use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+      y = (x.astype(stat_dtype) - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
+      return y.astype(out_dtype)
+
+    batch = x.shape[0]
+    group = batch if self.group_size is None else self.group_size
+    if not isinstance(group, numbers.Integral) or group < 1:
+      raise ValueError(f'GhostBatchNorm: bn_group_size must be a positive int, got {group!r}')
+    if batch % group:
+      raise ValueError(
+        f'GhostBatchNorm: the batch of {batch} examples is not divisible by '
+        f'bn_group_size={group}; use a per-device batch that is a multiple of it.'
+      )
+    xg = x.reshape(batch // group, group, *x.shape[1:]).astype(stat_dtype)
+    axes = tuple(range(1, xg.ndim - 1))  # within a group: examples and spatial positions
+    mean = jnp.mean(xg, axis=axes, keepdims=True)
+    centred = xg - mean
+    var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
+    y = centred * (lax.rsqrt(var + self.epsilon) * scale) + bias
+
+    if not self.is_initializing():
+      group_mean = jnp.mean(mean, axis=0).reshape(features)
+      group_var = jnp.mean(var, axis=0).reshape(features)
+      ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * group_mean
+      ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * group_var
+    return y.reshape(x.shape).astype(out_dtype)
