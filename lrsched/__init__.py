@@ -14,4 +14,16 @@ from lrsched._base import REGISTRY, Schedule, as_step
 # -- classic decays --
 from lrsched.decay import constant, linear
 
+# -- optimizers --
+from lrsched.optimizers import adamw, hyperparams, lars, sgd
+
+# -- accuracy-driven decay --
+from lrsched.plateau import (
+  PlateauState,
+  ReduceLROnPlateau,
+  reduce_lr_on_plateau,
+  reduce_on_plateau,
+  report_metric,
+)
+
 __version__ = '0.1.0'
