@@ -10,7 +10,9 @@ A ``data_dir`` is recognised by its content, not by a flag. Accepted layouts:
   directory holding exactly one such file. It is decoded with Pillow in parallel processes,
   once: the decoded arrays are cached in ``$LRSCHED_CACHE`` (default
   ``$XDG_CACHE_HOME/lrsched``, i.e. ``~/.cache/lrsched``), keyed by the file's path, size and
-  modification time, so that later loads take well under a second.
+  modification time, so that later loads take well under a second. The worker processes
+  are spawned (forking a process running JAX can deadlock), so a script that calls `load`
+  needs the usual ``if __name__ == '__main__':`` guard.
 * The official "python version" of CIFAR-10 or CIFAR-100 (Krizhevsky, 2009):
   ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``, their extracted folders
   ``cifar-10-batches-py/`` (``data_batch_1`` .. ``data_batch_5``, ``test_batch``,
@@ -68,6 +70,7 @@ _NO_DATA_HINT = (
 )
 
 # The host tensorflow-datasets downloads CIFAR from; probed before any download starts.
+# $LRSCHED_TFDS_PROBE_HOST (host:port) probes another (a proxy; tests use a closed port).
 _DOWNLOAD_HOST = ('www.cs.toronto.edu', 443)
 _PROBE_TIMEOUT_S = 3.0
 
@@ -135,7 +138,7 @@ def load(dataset: str, data_dir: str | os.PathLike[str] | None = None, *,
     dataset: one of `DATASETS`: ``'cifar10'``, ``'cifar100'`` or ``'synthetic'`` (random,
       learnable data of CIFAR-10's shapes, for tests and smoke runs).
     data_dir: a local copy of CIFAR (see the module docstring for the accepted layouts).
-      None: load it with tensorflow-datasets, which needs the data already prepared in its
+      None or '': load it with tensorflow-datasets, which needs the data already prepared in its
       data dir or a network connection (and then TensorFlow, to prepare it). Must be None
       for ``'synthetic'``.
     train_examples: keep a class-balanced subset of this many training images
@@ -153,6 +156,10 @@ def load(dataset: str, data_dir: str | os.PathLike[str] | None = None, *,
   """
   if dataset not in DATASETS:
     raise DataError(f'unknown dataset {dataset!r}; valid: {", ".join(DATASETS)}')
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise DataError(f'seed must be a non-negative integer, got {seed!r}')
+  if data_dir is not None and not os.fspath(data_dir):
+    data_dir = None  # an empty --data_dir= means: not given
   if train_examples is not None and (
       isinstance(train_examples, bool) or not isinstance(train_examples, (int, np.integer))
       or train_examples < 1):
@@ -743,13 +750,25 @@ def _read_image_folder(path: Path) -> _Splits:
 # tensorflow-datasets
 
 
-def _network_reachable(address: tuple[str, int] = _DOWNLOAD_HOST,
+def _probe_address() -> tuple[str, int]:
+  """The download host, or ``$LRSCHED_TFDS_PROBE_HOST`` (``host:port``) if set."""
+  value = os.environ.get('LRSCHED_TFDS_PROBE_HOST')
+  if not value:
+    return _DOWNLOAD_HOST
+  host, _, port = value.rpartition(':')
+  if not host or not port.isdigit():
+    raise DataError(f'LRSCHED_TFDS_PROBE_HOST must read host:port, got {value!r}')
+  return host, int(port)
+
+
+def _network_reachable(address: tuple[str, int] | None = None,
                        timeout: float = _PROBE_TIMEOUT_S) -> bool:
-  """Whether a TCP connection to ``address`` opens within ``timeout`` seconds.
+  """Whether a TCP connection to ``address`` (default: `_probe_address`) opens in time.
 
   Runs in a daemon thread, because the name lookup inside ``create_connection`` does not
   honour the socket timeout and can block for much longer on a machine with no network.
   """
+  address = _probe_address() if address is None else address
   result: list[bool] = []
 
   def connect() -> None:
@@ -791,7 +810,7 @@ def _load_tfds(dataset: str) -> _Splits:
     if not _have_tensorflow():
       raise DataError(f'{dataset} is not prepared in the {where}, and preparing it needs '
                       f'TensorFlow, which is not installed; {hint}')
-    host = f'{_DOWNLOAD_HOST[0]}:{_DOWNLOAD_HOST[1]}'
+    host = ':'.join(str(part) for part in _probe_address())
     if not _network_reachable():
       raise DataError(f'{dataset} is not prepared in the {where}, and {host} (where it is '
                       f'downloaded from) is unreachable; {hint}')
