@@ -425,9 +425,15 @@ class RangeTestResult:
     smoothed = smooth(losses, smoothing)
     diverged_at = divergence_step(smoothed, losses, diverge_factor)
     n = lrs.size if diverged_at is None else diverged_at
+    if (metrics is None) != (metric_steps is None):
+      raise _base.fail('from_losses', 'give both metrics and metric_steps, or neither')
     if metrics is not None:
       metrics = np.asarray(metrics, dtype=np.float64)
       metric_steps = np.asarray(metric_steps, dtype=np.int64)
+      if metrics.ndim != 1 or metric_steps.shape != metrics.shape:
+        raise _base.fail('from_losses', f'metrics and metric_steps must be 1-D arrays of one '
+                                        f'length, got shapes {metrics.shape} and '
+                                        f'{metric_steps.shape}')
       keep = metric_steps < n
       metrics, metric_steps = metrics[keep], metric_steps[keep]
     return cls(lrs[:n], losses[:n], smoothed[:n], metrics, metric_steps, diverged_at,
