@@ -427,6 +427,10 @@ def test_json_round_trip():
   plain = RangeTestResult.from_json(
     RangeTestResult.from_losses(LRS[:50], CURVE[:50]).to_json())
   assert plain.diverged_at is None and plain.metrics is None and plain.metric_steps is None
+  with pytest.raises(ValueError, match='metric_steps'):
+    RangeTestResult.from_losses(LRS, CURVE, metrics=metrics)
+  with pytest.raises(ValueError, match='metric_steps'):
+    RangeTestResult.from_losses(LRS, CURVE, metrics=metrics, metric_steps=[1, 2])
   with pytest.raises(ValueError, match=r'not a lrsched\.RangeTestResult'):
     RangeTestResult.from_json('{"lrs": []}')
 
