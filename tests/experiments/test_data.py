@@ -402,9 +402,8 @@ def test_tfds_mock_end_to_end(monkeypatch, dataset, num_classes):
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'is_prepared', lambda self: True)
   monkeypatch.setattr(sources, '_network_reachable', lambda: pytest.fail('probed'))
   with tfds.testing.mock_data(num_examples=30):
-    ds = data.load(dataset, train_examples=10 if dataset == 'cifar10' else None)
-  n_train = 10 if dataset == 'cifar10' else 30
-  assert ds.train_images.shape == (n_train, 32, 32, 3) and ds.train_images.dtype == np.uint8
+    ds = data.load(dataset)
+  assert ds.train_images.shape == (30, 32, 32, 3) and ds.train_images.dtype == np.uint8
   assert ds.test_images.shape == (30, 32, 32, 3) and ds.test_labels.dtype == np.int32
   assert ds.num_classes == num_classes == len(ds.label_names)
   assert np.all(np.diff(ds.train_labels) >= 0) and ds.train_labels.max() < num_classes
