@@ -181,7 +181,8 @@ def fail(where: str, message: str) -> ValueError:
 
 def check_number(where: str, name: str, value: Any) -> None:
   """Numeric hyper-parameters must be numbers or numeric arrays (not strings or None)."""
-  if isinstance(value, bool) or (is_concrete(value) and _values(value) is None):
+  if (isinstance(value, (bool, str, bytes)) or
+      (is_concrete(value) and _values(value) is None)):
     raise fail(where, f'{name} must be a number or a numeric array, got {value!r}')
 
 
