@@ -12,7 +12,22 @@ composes with any Optax transform, e.g.::
 from lrsched._base import REGISTRY, Schedule, as_step
 
 # -- classic decays --
-from lrsched.decay import constant, linear
+from lrsched.decay import (
+  constant,
+  cosine,
+  exponential,
+  inverse_time,
+  linear,
+  multistep,
+  polynomial,
+  step_decay,
+)
+
+# -- warm restarts --
+from lrsched.restarts import sgdr
+
+# -- composition and large-batch rules --
+from lrsched.compose import scale_lr, sequence, to_steps, warmup
 
 # -- optimizers --
 from lrsched.optimizers import adamw, hyperparams, lars, sgd
