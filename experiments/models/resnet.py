@@ -119,6 +119,8 @@ class CifarResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     """Maps normalised NHWC images (batch, 32, 32, 3) to float32 logits (batch, classes)."""
+    if self.shortcut not in SHORTCUTS:
+      raise ValueError(f'shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}')
     caffe = self.shortcut == 'caffe'
     conv = functools.partial(
       nn.Conv,
