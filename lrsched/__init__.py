@@ -29,6 +29,21 @@ from lrsched.restarts import sgdr
 # -- composition and large-batch rules --
 from lrsched.compose import scale_lr, sequence, to_steps, warmup
 
+# -- cyclical --
+from lrsched.cyclical import cyclic, cyclic_momentum, exp_range, triangular, triangular2
+
+# -- 1cycle --
+from lrsched.one_cycle import (
+  caffe_one_cycle,
+  fastai_one_cycle,
+  fastai_one_cycle_momentum,
+  one_cycle,
+  one_cycle_momentum,
+  smith_one_cycle,
+  smith_one_cycle_momentum,
+  super_convergence,
+)
+
 # -- optimizers --
 from lrsched.optimizers import adamw, hyperparams, lars, sgd
 

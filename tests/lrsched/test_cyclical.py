@@ -239,8 +239,10 @@ def test_cyclic_properties(config):
     period = kwargs['step_size_up'] + (kwargs['step_size_down'] or kwargs['step_size_up'])
     np.testing.assert_array_equal(values[period:], values[:-period])
   # Steps before 0 are step 0; huge steps are finite and clamp to 2**31-1.
-  np.testing.assert_array_equal(schedule(jnp.array([-1, -1000])), [values[0]] * 2)
-  assert schedule(-(2**40)) == values[0]
+  # (Exact comparisons are between evaluations of one shape: XLA's vectorized sin may
+  # differ from its scalar sin in the last bit.)
+  np.testing.assert_array_equal(schedule(jnp.array([-1, -1000])), schedule(jnp.array([0, 0])))
+  assert schedule(-(2**40)) == schedule(0)
   last = schedule(INT32_MAX)
   assert np.isfinite(last) and schedule(2**40) == last
   assert schedule(jnp.float32(3e9)) == schedule(2**31 - 128)
@@ -273,6 +275,7 @@ def test_cyclic_jit_and_vmap(config):
     ('cyclic', dict(base_lr=-0.1, max_lr=1.0), ['base_lr', '>= 0']),
     ('cyclic', dict(base_lr=0.1, max_lr=float('inf')), ['max_lr', 'finite']),
     ('cyclic', dict(base_lr=0.5, max_lr=0.1), ['base_lr', 'max_lr', '<=']),
+    ('cyclic', dict(base_lr='0.1', max_lr=1.0), ['base_lr']),
     ('cyclic', dict(base_lr=None, max_lr=1.0), ['base_lr']),
     ('cyclic', dict(base_lr=0.1, max_lr=1.0, step_size_up=0), ['step_size_up']),
     ('cyclic', dict(base_lr=0.1, max_lr=1.0, step_size_up=2.5), ['step_size_up']),
