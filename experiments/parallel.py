@@ -44,8 +44,8 @@ class Metrics(NamedTuple):
 
   @classmethod
   def zeros(cls) -> Metrics:
-    zero = jnp.zeros((), jnp.float32)
-    return cls(zero, zero, zero, jnp.full((), -1, jnp.int32))
+    # Distinct arrays: the state is donated, and one buffer in two leaves can't be.
+    return cls(*(jnp.zeros((), jnp.float32) for _ in range(3)), jnp.full((), -1, jnp.int32))
 
 
 class TrainState(NamedTuple):
@@ -177,17 +177,17 @@ def make_eval_step(model, mesh: jax.sharding.Mesh, dtype: Any, chunk: int):
     n = images.shape[0] // chunk
     variables = {'params': params, 'batch_stats': batch_stats}
 
-    def body(carry, i):
+    def chunk_sums(i):
       sl = lambda a: lax.dynamic_slice_in_dim(a, i * chunk, chunk)
       x = data.normalize(sl(images), mean, std, dtype=dtype)
       logits = model.apply(variables, x, train=False)
       w = sl(mask)
       loss = (cross_entropy(logits, sl(labels)) * w).sum()
       correct = ((logits.argmax(-1) == sl(labels)) * w).sum()
-      return (carry[0] + loss, carry[1] + correct), None
+      return loss, correct
 
-    zero = jnp.zeros((), jnp.float32)
-    (loss, correct), _ = lax.scan(body, (zero, zero), jnp.arange(n))
+    losses, corrects = lax.map(chunk_sums, jnp.arange(n))
+    loss, correct = losses.sum(), corrects.sum()
     total = lax.psum(mask.sum(), AXIS)
     return lax.psum(loss, AXIS) / total, lax.psum(correct, AXIS) / total
 

@@ -91,7 +91,7 @@ def build_schedules(config: Config, total_steps: int
     momentum = None
   elif text == 'cyclical':
     try:
-      momentum = lrsched.momentum_partner(lr)
+      momentum = lrsched.momentum_for(lr)
     except ValueError as e:
       raise ConfigError(f'--momentum=cyclical: {e}') from None
   else:

@@ -9,9 +9,16 @@ composes with any Optax transform, e.g.::
   tx = lrsched.sgd(schedule, momentum=momentum, weight_decay=1e-4)
 """
 
+# The Schedule type and the registry of constructors.
 from lrsched._base import REGISTRY, Schedule, as_step
 
-# -- classic decays --
+# Chaining and large-batch rules (Goyal et al. 2017; You et al. 2017).
+from lrsched.compose import scale_lr, sequence, to_steps, warmup
+
+# Cyclical learning rates (Smith 2017).
+from lrsched.cyclical import cyclic, cyclic_momentum, exp_range, triangular, triangular2
+
+# Classic decays.
 from lrsched.decay import (
   constant,
   cosine,
@@ -22,17 +29,9 @@ from lrsched.decay import (
   polynomial,
   step_decay,
 )
+from lrsched.momentum import momentum_for
 
-# -- warm restarts --
-from lrsched.restarts import sgdr
-
-# -- composition and large-batch rules --
-from lrsched.compose import scale_lr, sequence, to_steps, warmup
-
-# -- cyclical --
-from lrsched.cyclical import cyclic, cyclic_momentum, exp_range, triangular, triangular2
-
-# -- 1cycle --
+# 1cycle (Smith & Topin 2017; Smith 2018; fastai).
 from lrsched.one_cycle import (
   caffe_one_cycle,
   fastai_one_cycle,
@@ -44,10 +43,10 @@ from lrsched.one_cycle import (
   super_convergence,
 )
 
-# -- optimizers --
+# Optax optimizers with scheduled LR and momentum.
 from lrsched.optimizers import adamw, hyperparams, lars, sgd
 
-# -- accuracy-driven decay --
+# Accuracy-driven decay.
 from lrsched.plateau import (
   PlateauState,
   ReduceLROnPlateau,
@@ -55,5 +54,14 @@ from lrsched.plateau import (
   reduce_on_plateau,
   report_metric,
 )
+
+# The LR range test.
+from lrsched.range_test import RangeTestResult, Suggestion, log_linear, range_test
+
+# Warm restarts (Loshchilov & Hutter 2017).
+from lrsched.restarts import sgdr
+
+# Schedules as data.
+from lrsched.spec import describe, from_dict, from_json, parse, to_dict, to_json
 
 __version__ = '0.1.0'

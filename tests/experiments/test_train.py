@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def tiny(workdir, **changes) -> Config:
   base = dict(model='resnet8', dataset='synthetic', synthetic_examples=256, batch_size=32,
-              steps=6, schedule='one_cycle(max_lr=0.2)', momentum='0.9', bn_group_size=8,
+              steps=6, schedule='one_cycle(max_lr=0.2)', momentum='0.9', bn_group_size=4,
               eval_every=3, checkpoint_every=3, log_every=1, workdir=str(workdir))
   base.update(changes)
   return Config(**base)
@@ -231,7 +231,7 @@ def test_two_processes_over_loopback_match_one_process(tmp_path):
   """2 processes x 2 CPU devices (gloo collectives) == 1 process x 4 devices."""
   args = ['--dataset=synthetic', '--model=resnet8', '--steps=3', '--batch_size=32',
           '--synthetic_examples=256', '--schedule=one_cycle(max_lr=0.2)', '--momentum=0.9',
-          '--bn_group_size=8', '--eval_every=3', '--checkpoint_every=3']
+          '--bn_group_size=4', '--eval_every=3', '--checkpoint_every=3']
   port = _free_port()
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
          'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
