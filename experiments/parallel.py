@@ -3,9 +3,9 @@
 This is the pmap model written with the current API: ``jax.jit`` over a one-axis
 ``('data',)`` mesh, with ``jax.shard_map`` for the per-replica body (what ``jax.pmap``
 itself lowers to since JAX 0.10). Every replica holds the parameters and the whole
-(small) training set; it takes its slice of the global batch by index, augments it,
-computes gradients, and the gradients and batch-norm statistics are averaged over the
-mesh with ``lax.pmean``.
+(small) training set; it takes its slice of the global batch by index, augments it and
+computes gradients; the gradients are summed over the mesh (by autodiff: the parameters
+are replicated) and the batch-norm statistics averaged with ``lax.pmean``.
 
 Everything random is a pure function of the seed, the step and an example's position in
 the global batch, never of the replica layout, so that
@@ -130,10 +130,12 @@ def make_train_steps(model, tx: optax.GradientTransformation, mesh: jax.sharding
           {'params': params, 'batch_stats': state.batch_stats}, x, train=True, rngs=rngs,
           mutable=['batch_stats'])
       losses = cross_entropy(logits, y)
-      return losses.mean(), (losses, logits, updated['batch_stats'])
+      # The mean over the *global* batch: the params are replicated (invariant over the
+      # mesh), so autodiff under shard_map already sums their gradient over the replicas.
+      return losses.sum() / cfg.global_batch, (losses, logits, updated['batch_stats'])
 
     grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-    grads = lax.pmean(grads, AXIS)
+    # Each replica updated the running BN statistics from its own groups: average them.
     batch_stats = lax.pmean(batch_stats, AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -195,6 +197,12 @@ def make_eval_step(model, mesh: jax.sharding.Mesh, dtype: Any, chunk: int):
                        in_specs=(P(), P(), P(AXIS), P(AXIS), P(AXIS), P(), P()),
                        out_specs=(P(), P()))
   return jax.jit(body)
+
+
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+  """Whether every leaf of ``tree`` is finite (checked before a checkpoint is written)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def pad_for_eval(images: np.ndarray, labels: np.ndarray, num_devices: int,

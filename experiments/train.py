@@ -37,10 +37,10 @@ RESUMABLE_CHANGES = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'eval_
 
 
 class TrainingDiverged(RuntimeError):
-  """The loss became NaN or inf; the message names the step and the LR."""
+  """The loss or the parameters became NaN or inf; the message names the step and the LR."""
 
-  def __init__(self, step: int, lr: float):
-    super().__init__(f'loss is not finite at step {step} (lr={lr:.6g}); stopped without '
+  def __init__(self, step: int, lr: float, what: str = 'loss is'):
+    super().__init__(f'{what} not finite at step {step} (lr={lr:.6g}); stopped without '
                      'saving the diverged state: the last good checkpoint is kept')
     self.step, self.lr = step, lr
 
@@ -276,6 +276,14 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
                                            dtype), step_key)
   evaluate = parallel.make_eval_step(model, mesh, dtype, chunk)
 
+  def save(step: int, state: parallel.TrainState) -> None:
+    if not parallel.all_finite(state.params):  # never checkpoint a diverged state
+      checkpointer.close()
+      writer.close()
+      raise TrainingDiverged(step - 1, float(lr_schedule(step - 1)),
+                             'parameters after the update of')
+    checkpointer.save(step, state)
+
   progress = Progress(total_steps, enabled=is_primary)
   step = start_step
   best_accuracy = writer.best('test_accuracy')
@@ -334,10 +342,10 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
         state = state._replace(metrics=jax.device_put(parallel.Metrics.zeros(),
                                                       parallel.replicated(mesh)))
       if step % config.checkpoint_every == 0 or step == total_steps:
-        checkpointer.save(step, state)
+        save(step, state)
       last.update(time=time.time(), step=step)
     if stopped_by is not None:
-      checkpointer.save(step, state)
+      save(step, state)
   checkpointer.close()
   progress.close()
 
