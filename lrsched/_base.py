@@ -149,6 +149,9 @@ def register(constructor: Callable[..., Shape]) -> Callable[..., Schedule]:
     shape = constructor(*bound.args, **bound.kwargs)
     return Schedule(constructor.__name__, dict(bound.arguments), shape)
 
+  # What users and IDEs see: the constructor's parameters, returning a Schedule.
+  build.__signature__ = signature.replace(return_annotation='Schedule')
+  build.__annotations__ = {**constructor.__annotations__, 'return': 'Schedule'}
   if constructor.__name__ in REGISTRY:
     raise RuntimeError(f'schedule {constructor.__name__!r} registered twice')
   REGISTRY[constructor.__name__] = build
