@@ -1,0 +1,211 @@
+"""Tests of the training benchmark and the PyTorch reference: correctness, never timing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import benchmark, data, models, parallel, train
+from experiments.config import Config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HAS_TORCH = importlib.util.find_spec('torch') is not None
+ROW_FIELDS = ('model', 'parameters', 'batch_size', 'per_device_batch', 'precision', 'schedule',
+              'schedule_spec', 'momentum_spec', 'steps_per_dispatch', 'device_kind',
+              'device_count', 'lower_s', 'compile_s', 'eval_lower_s', 'eval_compile_s',
+              'step_time_ms', 'samples', 'timed_steps', 'train_images_per_sec',
+              'eval_images_per_sec', 'flops_per_step', 'flops_per_image',
+              'bytes_accessed_per_step', 'tflops', 'peak_basis', 'peak_tflops',
+              'peak_fraction', 'peak_memory_bytes', 'compiled_memory_bytes',
+              'schedule_cost_ratio', 'torch', 'jax_over_torch')
+TORCH_FIELDS = ('model', 'parameters', 'batch_size', 'precision', 'images_per_sec',
+                'step_time_ms', 'compile_s', 'device', 'torch_version')
+
+
+def _run(args, timeout=300):
+  # Two CPU devices: the data-parallel path, and flops summed over devices.
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout, env=env)
+
+
+def _positive(x) -> bool:
+  return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def _check_times(times: dict) -> None:
+  assert set(times) == {'median', 'p10', 'p90'}
+  assert 0 < times['p10'] <= times['median'] <= times['p90']
+
+
+@pytest.fixture(scope='module')
+def quick_report(tmp_path_factory):
+  path = tmp_path_factory.mktemp('bench') / 'out.json'
+  result = _run(['-m', 'experiments.benchmark', '--quick', '--torch', f'--json={path}'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(path.read_text()), result.stdout
+
+
+def test_quick_run_reports_every_field(quick_report):
+  report, stdout = quick_report
+  rows = report['results']
+  assert [(r['model'], r['batch_size'], r['steps_per_dispatch']) for r in rows] == [
+      ('resnet8', 16, 1), ('resnet8', 16, 2)]
+  for row in rows:
+    assert set(ROW_FIELDS) <= set(row), set(ROW_FIELDS) - set(row)
+    assert row['device_count'] == 2 and row['per_device_batch'] == 8
+    for key in ('lower_s', 'compile_s', 'eval_compile_s', 'train_images_per_sec',
+                'eval_images_per_sec', 'flops_per_step', 'tflops', 'compiled_memory_bytes'):
+      assert _positive(row[key]), (key, row[key])
+    _check_times(row['step_time_ms'])
+    assert row['train_images_per_sec'] == pytest.approx(16e3 / row['step_time_ms']['median'])
+    assert row['flops_per_image'] == pytest.approx(row['flops_per_step'] / 16)
+    assert row['tflops'] == pytest.approx(
+        row['flops_per_step'] / row['step_time_ms']['median'] / 1e9)
+    # No peak is known for CPUs, and their backend keeps no memory statistics.
+    assert row['peak_fraction'] is None and row['peak_tflops'] is None
+    assert row['peak_memory_bytes'] is None or _positive(row['peak_memory_bytes'])
+    assert row['schedule_cost_ratio'] is None  # one schedule: nothing to compare
+    assert row['schedule_spec'].startswith('smith_one_cycle(')
+  # 3 samples of 1 step, rounded up to whole dispatches of K steps.
+  assert [r['timed_steps'] for r in rows] == [3, 6]
+  env = report['environment']
+  for key in ('jax_version', 'jaxlib_version', 'device_kind', 'device_count', 'date',
+              'git_commit', 'command'):
+    assert key in env, key
+  assert env['device_count'] == 2 and env['device_kind'] == rows[0]['device_kind']
+  assert '--quick' in env['command'] and env['isolated'] is True
+  assert '| model | batch |' in stdout and stdout.count('| resnet8 | 16 | float32 |') == 2
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason='torch is not importable')
+def test_quick_run_compares_with_the_same_torch_model(quick_report):
+  rows = quick_report[0]['results']
+  reference = rows[0]['torch']
+  assert set(TORCH_FIELDS) <= set(reference), reference
+  # The same architecture: the same parameter count; one device at the per-device batch.
+  assert reference['parameters'] == rows[0]['parameters']
+  assert reference['batch_size'] == 8 and reference['device'].startswith('cpu')
+  for row in rows:
+    assert row['jax_over_torch'] == pytest.approx(
+        row['train_images_per_sec'] / 2 / reference['images_per_sec'])
+
+
+def test_flops_per_step_counts_every_device(quick_report):
+  """The cost analysis is of the per-device program; the report sums it over devices."""
+  row = quick_report[0]['results'][0]
+  config = Config(model='resnet8', batch_size=16, dataset='synthetic', lr=0.8)
+  model = models.create_model('resnet8', num_classes=10, bn_momentum=config.bn_momentum)
+  total_steps, steps_per_epoch = train.resolve_steps(config, 256)
+  tx = train.build_optimizer(config, *train.build_schedules(config, total_steps))
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  state = train.create_state(model, tx, mesh, jax.random.key(0), 16)
+  step = parallel.make_train_steps(
+      model, tx, mesh, parallel.StepConfig(16, steps_per_epoch, 'flip', jnp.float32),
+      jax.random.key(1))
+  ds = data.load('synthetic', synthetic_size=(256, 64))
+  args = [parallel.put_replicated(mesh, a) for a in (
+      ds.train_images, ds.train_labels.astype(np.int32), ds.mean, ds.std)]
+  flops = benchmark.cost_analysis(step.compiled(1).lower(state, *args).compile())['flops']
+  assert row['flops_per_step'] == pytest.approx(flops, rel=0.02)
+
+
+def test_schedule_cost_comparison_runs(tmp_path):
+  path = tmp_path / 'schedules.json'
+  result = _run(['-m', 'experiments.benchmark', '--quick', '--schedules=constant,one_cycle',
+                 '--steps_per_dispatch=1', '--noisolate', f'--json={path}'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(path.read_text())['results']
+  assert [r['schedule'] for r in rows] == ['constant', 'one_cycle']
+  assert rows[0]['schedule_spec'] == 'constant(lr=0.8)'
+  assert rows[1]['schedule_spec'].startswith('one_cycle(max_lr=0.8, ')
+  assert rows[0]['schedule_cost_ratio'] == 1.0
+  assert _positive(rows[1]['schedule_cost_ratio'])
+  for row in rows:
+    _check_times(row['step_time_ms'])
+    assert _positive(row['flops_per_step'])
+  assert 'vs 1st schedule' in result.stdout
+
+
+def test_bad_flag_is_one_line_and_exit_2():
+  result = _run(['-m', 'experiments.benchmark', '--quick', '--models=resnet7'], timeout=120)
+  assert result.returncode == 2
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and 'resnet7' in errors[0] and 'resnet56' in errors[0]
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason='torch is not importable')
+def test_torch_reference_writes_its_json(tmp_path):
+  path = tmp_path / 'torch.json'
+  # A Wide ResNet under bfloat16 autocast; eager (torch.compile takes ~40 s on 2 CPU cores).
+  result = _run(['benchmarks/torch_reference.py', '--model=wrn-10-2', '--batch_size=8',
+                 '--precision=bfloat16', '--train_examples=32', '--warmup_steps=1',
+                 '--samples=2', '--steps_per_sample=1', '--no_compile', '--device=cpu',
+                 f'--json={path}'], timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(path.read_text())
+  assert json.loads(result.stdout) == out
+  assert set(TORCH_FIELDS) <= set(out)
+  assert (out['model'], out['batch_size'], out['precision']) == ('wrn-10-2', 8, 'bfloat16')
+  assert _positive(out['images_per_sec']) and _positive(out['compile_s'])
+  _check_times(out['step_time_ms'])
+  assert math.isfinite(out['train_loss']) and out['peak_memory_bytes'] is None
+  # The same architecture as experiments.models.
+  variables = jax.eval_shape(
+      lambda: models.create_model('wrn-10-2', num_classes=10).init(
+          jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  assert out['parameters'] == sum(x.size for x in jax.tree.leaves(variables['params']))
+
+
+@pytest.mark.parametrize('kind, precision, matmul_precision, expected', [
+    ('NVIDIA H100 80GB HBM3', 'bfloat16', None, 989.0),
+    ('NVIDIA H100 80GB HBM3', 'float32', None, 494.0),  # TF32 tensor cores by default
+    ('NVIDIA H100 80GB HBM3', 'float32', 'highest', 67.0),
+    ('NVIDIA H200', 'bfloat16', None, 989.0),
+    ('NVIDIA A100-SXM4-40GB', 'bfloat16', None, 312.0),
+    ('NVIDIA H100 PCIe', 'bfloat16', None, None),  # other clocks: unknown
+    ('TPU v4', 'float32', None, 275.0),  # one bfloat16 pass by default
+    ('TPU v4', 'float32', 'highest', None),
+    ('TPU v5 lite', 'bfloat16', None, 197.0),
+    ('TPU v5', 'bfloat16', None, 459.0),
+    ('TPU v5p', 'bfloat16', None, 459.0),
+    ('cpu', 'float32', None, None),
+])
+def test_peak_tflops(kind, precision, matmul_precision, expected):
+  platform = 'tpu' if kind.startswith('TPU') else 'gpu'
+  basis = benchmark.peak_basis(platform, precision, matmul_precision)
+  assert benchmark.peak_tflops(kind, basis) == expected
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('constant,one_cycle,triangular', ['constant', 'one_cycle', 'triangular']),
+    ("one_cycle(max_lr=0.8, anneal='cos'), cyclic(base_lr=0.1, max_lr=3, step_size_up=5)",
+     ["one_cycle(max_lr=0.8, anneal='cos')", 'cyclic(base_lr=0.1, max_lr=3, step_size_up=5)']),
+    ("sequence([constant(0.1), linear(0.1, 0.0, 10)], boundaries=[5]),x",
+     ['sequence([constant(0.1), linear(0.1, 0.0, 10)], boundaries=[5])', 'x']),
+    ("f(s='a,b'),g", ["f(s='a,b')", 'g']),
+])
+def test_split_specs(text, expected):
+  assert benchmark.split_specs(text) == expected
+
+
+def test_failed_group_is_a_row_and_exit_1(tmp_path):
+  """A group that fails in its process (here: a batch the 2 devices can't split) is
+  reported, with the reason, and the exit status says so."""
+  path = tmp_path / 'out.json'
+  result = _run(['-m', 'experiments.benchmark', '--quick', '--batch_sizes=15',
+                 f'--json={path}'], timeout=120)
+  assert result.returncode == 1, result.stderr[-3000:]
+  rows = json.loads(path.read_text())['results']
+  assert len(rows) == 1 and 'not divisible by the 2 devices' in rows[0]['error']
+  assert '| resnet8 | 15 | float32 | error: ' in result.stdout
