@@ -194,7 +194,8 @@ def run(args: argparse.Namespace) -> dict:
   model = create_model(args.model).to(device, memory_format=torch.channels_last)
   model.train()
   steps_per_epoch = n // args.batch_size
-  total_steps = 95 * steps_per_epoch  # a nominal run length for the LR schedule
+  # A nominal run length for the LR schedule (95 epochs), and never shorter than this run.
+  total_steps = max(95 * steps_per_epoch, args.warmup_steps + args.samples * args.steps_per_sample)
   fused = device.type == 'cuda'
   optimizer = torch.optim.SGD(model.parameters(), lr=0.08, momentum=0.9, weight_decay=1e-4,
                               fused=fused, foreach=None if fused else True)

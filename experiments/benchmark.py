@@ -61,6 +61,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +97,9 @@ def define_flags() -> None:
   flags.DEFINE_boolean('quick', False, 'Tiny shapes and few steps (resnet8, batch 16, K=1,2, '
                        '3 samples), for tests; flags given explicitly still apply.')
   flags.DEFINE_boolean('isolate', True, 'Run each (model, batch, precision) group in its own '
-                       'process, so that its peak memory and compile time are its own.')
+                       'process, so that its peak memory and compile time are its own. With '
+                       '--noisolate, peak memory is the process\'s peak so far, and the '
+                       'PyTorch reference shares the accelerator with this process.')
   flags.DEFINE_boolean('torch', False, 'Also run benchmarks/torch_reference.py on each group '
                        'and report the JAX/PyTorch images/s ratio.')
   flags.DEFINE_boolean('torch_compile', True, 'torch.compile the PyTorch reference (off with '
@@ -201,6 +204,8 @@ class BenchmarkError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+  """The resolved flags (see ``--help``); ``batch_sizes=None`` means each model's defaults."""
+
   models: tuple[str, ...]
   batch_sizes: tuple[int, ...] | None
   precisions: tuple[str, ...]
@@ -374,7 +379,6 @@ def peak_memory_bytes(devices) -> int | None:
 
 
 def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
-  import numpy as np
   ms = np.asarray(seconds, np.float64) * 1e3
   return {'median': float(np.median(ms)), 'p10': float(np.percentile(ms, 10)),
           'p90': float(np.percentile(ms, 90))}
@@ -404,7 +408,6 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
   """Compiles and times every (schedule, K) of one (model, batch, precision) group."""
   import jax
   import jax.numpy as jnp
-  import numpy as np
 
   from experiments import data, models, parallel, train
 
