@@ -1,12 +1,17 @@
 r"""Trains a ResNet or WideResNet on CIFAR with an lrsched schedule, on every device.
 
   python -m experiments.cifar --schedule=1cycle --lr=0.8 --epochs=95 --workdir=runs/1cycle
+  python -m experiments.cifar --preset=sc-fig1a-clr --data_dir=data/cifar10-jpeg.npz
   python -m experiments.cifar --dataset=synthetic --model=resnet20 --steps=20 \
       --batch_size=64 --workdir=/tmp/run
+  python -m experiments.cifar --list_presets
 
-Every flag is a field of `experiments.config.Config` (see ``--helpfull``). Re-running the
-same command with the same ``--workdir`` resumes. Multi-host (TPU pod slices, GPU
-clusters): pass ``--distributed`` on every host.
+Every flag is a field of `experiments.config.Config` (see ``--helpfull``). ``--preset``
+starts from a named configuration of `experiments.presets`; flags given on the command
+line override its values. Re-running the same command with the same ``--workdir`` resumes.
+Multi-host (TPU pod slices, GPU clusters): pass ``--distributed`` on every host.
+
+`experiments.compare` and `experiments.lr_range_test` take these same flags.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import dataclasses
 import logging
 import sys
 import typing
+from typing import Any
 
 from absl import app, flags
 
+from experiments import presets
 from experiments.config import Config
 
 _DISTRIBUTED = flags.DEFINE_boolean(
@@ -27,6 +34,11 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0, with --distributed.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --distributed.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --distributed.')
+_PRESET = flags.DEFINE_string(
+    'preset', None, 'Start from this named configuration (see --list_presets); flags given '
+    'on the command line override its values.')
+_LIST_PRESETS = flags.DEFINE_boolean('list_presets', False,
+                                     'Print the presets, with their sources, and exit.')
 
 
 def _define_config_flags() -> None:
@@ -43,22 +55,45 @@ def _define_config_flags() -> None:
 _define_config_flags()
 
 
-def config_from_flags() -> Config:
-  return Config(**{f.name: getattr(flags.FLAGS, f.name) for f in dataclasses.fields(Config)})
+def given_flags(names: typing.Iterable[str] | None = None) -> dict[str, Any]:
+  """The Config fields set on the command line (absl's ``present``), with their values."""
+  names = [f.name for f in dataclasses.fields(Config)] if names is None else names
+  return {name: flags.FLAGS[name].value for name in names if flags.FLAGS[name].present}
+
+
+def config_from_flags(defaults: dict[str, Any] | None = None) -> Config:
+  """Config defaults < ``defaults`` < the --preset's values < flags given on the command line.
+
+  Raises ConfigError for an unknown preset.
+  """
+  values = dict(defaults or {})
+  if _PRESET.value:
+    values.update(presets.get(_PRESET.value).values)
+  values.update(given_flags())
+  return Config.from_dict(values)
+
+
+def initialize() -> None:
+  """Logging, and the multi-host runtime with --distributed (call in main, after parsing)."""
+  logging.getLogger().setLevel(logging.INFO)
+  if _DISTRIBUTED.value:
+    import jax
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
 
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.getLogger().setLevel(logging.INFO)
+  if _LIST_PRESETS.value:
+    print(presets.listing())
+    return 0
   # Heavy imports after flag parsing, so that --help and flag errors are instant.
   import jax
 
   from experiments import data, train
   from experiments.config import ConfigError
 
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  initialize()
   try:
     summary = train.train_and_evaluate(config_from_flags(), command=' '.join(sys.argv))
   except (ConfigError, data.DataError) as e:  # bad input: one line, no traceback

@@ -11,12 +11,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import Any, NamedTuple
 
 OPTIMIZERS = ('sgd', 'nesterov', 'adamw', 'lars')
 PRECISIONS = ('float32', 'bfloat16')
 WEIGHT_DECAY_MODES = ('coupled', 'decoupled')
 SHORTCUTS = ('A', 'B', 'caffe')
+BATCH_LR_SCALINGS = ('none', 'linear', 'sqrt')
+DEFAULT_EPOCHS = 95
+"""The run length when neither --steps nor --epochs is given."""
+MAX_EXAMPLES = 2**31 - 1
+"""The most examples a run may see: positions in the data stream are int32 on the device."""
 
 
 class ConfigError(ValueError):
@@ -76,7 +83,19 @@ class Config:
   caffe_momentum: bool = _field(
       False, "Caffe's momentum form v <- m v - lr g (LR inside the velocity), as the "
       'super-convergence authors trained; default is the Optax/PyTorch form.')
-  batch_size: int = _field(512, 'Global batch size, split evenly over all devices.')
+  batch_size: int = _field(
+      512, 'Global batch size, split evenly over all devices (with --batch_schedule: the '
+      'batch of the first phase).')
+  batch_schedule: str | None = _field(
+      None, "Grow the global batch during training (Smith, Kindermans & Le, 2017, \"Don't "
+      "decay the learning rate, increase the batch size\"): 'EPOCH:BATCH,...', e.g. "
+      "'60:640,120:3200' trains at --batch_size until epoch 60, at 640 until epoch 120, "
+      'then at 3200. Epochs count examples seen (a phase starts at the first step that '
+      'reaches them) and may be fractional; each phase compiles its own step.')
+  batch_lr_scaling: str = _field(
+      'none', "How the LR follows --batch_schedule, relative to the first phase's batch: "
+      "'none' (the paper: the growing batch replaces the LR decay), 'linear' (x B/B0, Goyal "
+      "et al.) or 'sqrt' (x sqrt(B/B0)); see lrsched.scale_lr.")
   steps: int | None = _field(None, 'Training steps. Give --steps or --epochs, not both.')
   epochs: float | None = _field(
       None, 'Training epochs (steps = ceil(epochs * train_size / batch_size)). '
@@ -115,9 +134,15 @@ class Config:
   def default_workdir(self) -> str:
     return f'runs/{self.model}-{self.dataset}-seed{self.seed}'
 
+  @property
+  def batch_changes(self) -> tuple[BatchChange, ...]:
+    """The phases of the batch schedule: (0, batch_size) and one per --batch_schedule entry."""
+    return (BatchChange(0, self.batch_size), *parse_batch_schedule(self.batch_schedule))
+
   def validate(self) -> None:
     """Checks what can be checked without data or devices; raises ConfigError."""
     _choice('optimizer', self.optimizer, OPTIMIZERS)
+    _choice('batch_lr_scaling', self.batch_lr_scaling, BATCH_LR_SCALINGS)
     _choice('precision', self.precision, PRECISIONS)
     _choice('weight_decay_mode', self.weight_decay_mode, WEIGHT_DECAY_MODES)
     if self.shortcut is not None:
@@ -132,9 +157,10 @@ class Config:
       raise ConfigError(f'--epochs must be > 0, got {self.epochs}')
     if self.bn_group_size is not None and self.bn_group_size < 1:
       raise ConfigError(f'--bn_group_size must be >= 1, got {self.bn_group_size}')
-    if self.bn_group_size is not None and self.batch_size % self.bn_group_size:
-      raise ConfigError(f'--batch_size={self.batch_size} is not divisible by '
-                        f'--bn_group_size={self.bn_group_size}')
+    for change in self.batch_changes:
+      if self.bn_group_size is not None and change.batch_size % self.bn_group_size:
+        raise ConfigError(f'{change.flag}={change.batch_size} is not divisible by '
+                          f'--bn_group_size={self.bn_group_size}')
     if not 0.0 <= self.bn_momentum < 1.0:
       raise ConfigError(f'--bn_momentum must be in [0, 1), got {self.bn_momentum}')
     if not 0.0 <= self.dropout_rate < 1.0:
@@ -153,6 +179,137 @@ class Config:
       raise ConfigError(f'--eval_every must be >= 1, got {self.eval_every}')
     if self.train_examples is not None and self.train_examples < 1:
       raise ConfigError(f'--train_examples must be >= 1, got {self.train_examples}')
+
+
+class BatchChange(NamedTuple):
+  """From ``epoch`` on (examples seen / training-set size), the global batch is ``batch_size``."""
+
+  epoch: float
+  batch_size: int
+
+  @property
+  def flag(self) -> str:
+    """How the user wrote this batch size, for error messages."""
+    return '--batch_size' if self.epoch == 0 else f'--batch_schedule batch at epoch {self.epoch:g}'
+
+
+def parse_batch_schedule(spec: str | None) -> tuple[BatchChange, ...]:
+  """Parses ``'EPOCH:BATCH,...'`` (epochs > 0 strictly increasing, batches >= 1)."""
+  if spec is None or not spec.strip():
+    return ()
+  changes = []
+  for item in spec.split(','):
+    epoch_text, sep, batch_text = item.partition(':')
+    try:
+      if not sep:
+        raise ValueError
+      epoch, batch = float(epoch_text), int(batch_text)
+    except ValueError:
+      raise ConfigError(f'--batch_schedule={spec!r}: cannot read {item.strip()!r}; write '
+                        "EPOCH:BATCH entries separated by commas, e.g. '60:640,120:3200'"
+                        ) from None
+    if not (math.isfinite(epoch) and epoch > 0):
+      raise ConfigError(f'--batch_schedule={spec!r}: epochs must be > 0 (the first phase, '
+                        f'from epoch 0, uses --batch_size), got {epoch_text.strip()}')
+    if changes and epoch <= changes[-1].epoch:
+      raise ConfigError(f'--batch_schedule={spec!r}: epochs must increase, got '
+                        f'{changes[-1].epoch:g} then {epoch:g}')
+    if batch < 1:
+      raise ConfigError(f'--batch_schedule={spec!r}: batch sizes must be >= 1, got {batch}')
+    changes.append(BatchChange(epoch, batch))
+  return tuple(changes)
+
+
+class Phase(NamedTuple):
+  """A stretch of a run at one global batch size, placed in steps and in examples seen."""
+
+  first_step: int
+  first_example: int  # examples seen before the phase: its first position in the data stream
+  batch_size: int
+  lr_factor: float    # the LR multiplier of the batch scaling rule (1.0 for the first phase)
+
+
+def resolve_phases(config: Config, train_size: int) -> tuple[tuple[Phase, ...], int]:
+  """The batch phases of ``config`` on a training set of ``train_size``, and the run length.
+
+  Phase k starts at the first step at which the examples seen reach its epoch (times
+  ``train_size``); a single-phase run of E epochs has ``ceil(E * train_size / batch_size)``
+  steps (`lrsched.to_steps`), and a phased run ends at the first step reaching E epochs.
+  Raises ConfigError for a phase that is empty, starts after the run or has a batch larger
+  than the training set, and for a run of more than `MAX_EXAMPLES` examples.
+  """
+  changes = config.batch_changes
+  first_batch = changes[0].batch_size
+  phases: list[Phase] = []
+  for change in changes:
+    if change.batch_size > train_size:
+      raise ConfigError(f'{change.flag}={change.batch_size} is larger than the training set '
+                        f'({train_size} examples)')
+    if config.batch_lr_scaling == 'none':
+      factor = 1.0
+    else:
+      factor = change.batch_size / first_batch
+      factor = factor if config.batch_lr_scaling == 'linear' else math.sqrt(factor)
+    if not phases:
+      phases.append(Phase(0, 0, change.batch_size, factor))
+      continue
+    last = phases[-1]
+    target = _exact(change.epoch) * train_size
+    steps = math.ceil((target - last.first_example) / last.batch_size)
+    if steps < 1:
+      reached = last.first_example / train_size
+      raise ConfigError(f'--batch_schedule: the phase at epoch {change.epoch:g} starts before '
+                        f'the previous phase has run a step (epoch {reached:g} is already '
+                        'reached); space the epochs further apart')
+    phases.append(Phase(last.first_step + steps, last.first_example + steps * last.batch_size,
+                        change.batch_size, factor))
+  last = phases[-1]
+  if config.steps is not None:
+    total = config.steps
+  else:
+    epochs = DEFAULT_EPOCHS if config.epochs is None else config.epochs
+    remaining = _exact(epochs) * train_size - last.first_example
+    total = last.first_step + math.ceil(remaining / last.batch_size)
+  if total <= last.first_step:
+    where = f'step {total}' if config.steps is not None else f'epoch {epochs:g}'
+    raise ConfigError(f'--batch_schedule: the phase at epoch {changes[-1].epoch:g} (step '
+                      f'{last.first_step}) starts after the run ends at {where}')
+  seen = examples_at(phases, total)
+  if seen > MAX_EXAMPLES:
+    raise ConfigError(f'the run sees {seen} examples, more than {MAX_EXAMPLES} (positions in '
+                      'the data stream are int32); train for fewer steps')
+  return tuple(phases), total
+
+
+def phase_index(phases: Sequence[Phase], step: int) -> int:
+  """The index of the phase that step ``step`` (0-based, the next update) belongs to."""
+  index = 0
+  for i, phase in enumerate(phases):
+    if step >= phase.first_step:
+      index = i
+  return index
+
+
+def examples_at(phases: Sequence[Phase], step: int) -> int:
+  """The examples seen after ``step`` updates."""
+  if step <= 0:
+    return 0
+  phase = phases[phase_index(phases, step - 1)]
+  return phase.first_example + (step - phase.first_step) * phase.batch_size
+
+
+def first_step_reaching(phases: Sequence[Phase], examples: int) -> int:
+  """The fewest updates after which at least ``examples`` examples have been seen."""
+  for i, phase in enumerate(phases):
+    end = phases[i + 1].first_example if i + 1 < len(phases) else None
+    if end is None or examples <= end:
+      return phase.first_step + max(0, -(-(examples - phase.first_example) // phase.batch_size))
+  raise AssertionError('unreachable')
+
+
+def _exact(value: float) -> Fraction:
+  """A number as the decimal it prints as (as lrsched.to_steps reads epochs)."""
+  return Fraction(value) if isinstance(value, int) else Fraction(repr(float(value)))
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:

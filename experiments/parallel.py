@@ -7,12 +7,21 @@ itself lowers to since JAX 0.10). Every replica holds the parameters and the who
 computes gradients; the gradients are summed over the mesh (by autodiff: the parameters
 are replicated) and the batch-norm statistics averaged with ``lax.pmean``.
 
-Everything random is a pure function of the seed, the step and an example's position in
-the global batch, never of the replica layout, so that
+The data order is one stream of examples: epoch e of the stream is the permutation
+``permutation(fold_in(data_key, e), N)`` of the N training examples, the epochs follow one
+another, and a step takes the next global batch from the stream, across an epoch's end if
+need be (nothing is dropped, as in Caffe; ``lrsched.to_steps`` counts steps the same way).
+The example at position p of the stream gets its augmentation from ``fold_in(augment_key,
+p)``. A step's batch is the positions ``first_example + (step - first_step) * B + [0, B)``
+of its batch phase (`StepConfig`), so that
 
+* runs that differ only in how the stream is cut into batches (a growing batch size, as in
+  `Config.batch_schedule`, against the constant batch of an LR decay) see the same
+  examples, identically augmented, in the same order;
 * the same global batch on 1 or on N devices gives the same result (up to float
   reduction order; the BN statistics come from ghost-BN groups that never span devices);
-* a run resumed from a checkpoint replays exactly the steps it would have run.
+* a run resumed from a checkpoint, in any batch phase, replays exactly the steps it would
+  have run.
 """
 
 from __future__ import annotations
@@ -88,12 +97,45 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 class StepConfig(NamedTuple):
-  """The static settings of the step; a new value means a new compilation."""
+  """The static settings of the step; a new value means a new compilation.
+
+  ``first_step`` and ``first_example`` place the step's batch phase in the data stream (see
+  the module docstring): the defaults are the whole run at one batch size.
+  ``steps_per_epoch`` (whole batches per epoch) is not used by the step, whose data order
+  is the stream; it is kept so that ``StepConfig(batch, steps_per_epoch, augment, dtype)``
+  still builds one.
+  """
 
   global_batch: int
   steps_per_epoch: int
   augment: str
   dtype: Any
+  first_step: int = 0
+  first_example: int = 0
+
+
+def stream_indices(data_key: jax.Array, positions: jax.Array, train_size: int, *,
+                   one_epoch: bool = False) -> jax.Array:
+  """The training-set indices of the examples at stream ``positions`` (int32, increasing,
+  spanning fewer than ``train_size`` positions, so at most two epochs).
+
+  ``one_epoch``: the caller knows the positions lie in one epoch (only that epoch's
+  permutation is drawn).
+  """
+  epoch = positions[0] // train_size
+  slot = positions % train_size
+  index = jax.random.permutation(jax.random.fold_in(data_key, epoch), train_size)[slot]
+  if one_epoch:
+    return index
+  following = jax.random.permutation(jax.random.fold_in(data_key, epoch + 1), train_size)
+  return jnp.where(positions // train_size == epoch, index, following[slot])
+
+
+def augment_batch(images: jax.Array, augment_key: jax.Array, positions: jax.Array,
+                  mode: str) -> jax.Array:
+  """Augments each image with the key of its stream position."""
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(augment_key, positions)
+  return jax.vmap(lambda image, k: data.augment(image[None], k, mode)[0])(images, keys)
 
 
 def make_train_steps(model, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
@@ -109,18 +151,17 @@ def make_train_steps(model, tx: optax.GradientTransformation, mesh: jax.sharding
 
   def one_step(state: TrainState, images, labels, mean, std) -> TrainState:
     replica = lax.axis_index(AXIS)
-    # The epoch's order is a permutation drawn from (seed, epoch): recomputing it each step
-    # keeps the step a pure function of the state (a sort of 50k ints: microseconds).
-    epoch, batch_in_epoch = jnp.divmod(state.step, cfg.steps_per_epoch)
-    order = jax.random.permutation(jax.random.fold_in(data_key, epoch), labels.shape[0])
-    first = batch_in_epoch * cfg.global_batch + replica * local_batch
-    index = lax.dynamic_slice_in_dim(order, first, local_batch)
-    # Per-example augmentation keys from the example's position in the global batch.
-    position = replica * local_batch + jnp.arange(local_batch)
-    step_key = jax.random.fold_in(augment_key, state.step)
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, position)
-    x = jax.vmap(lambda image, k: data.augment(image[None], k, cfg.augment)[0])(
-        images[index], keys)
+    train_size = labels.shape[0]
+    # Batches start at multiples of the batch size in the stream: when it divides the
+    # epoch, no batch spans two epochs and one permutation per step is enough.
+    one_epoch = train_size % cfg.global_batch == 0 and cfg.first_example % cfg.global_batch == 0
+    # Recomputing the epoch's permutation each step keeps the step a pure function of the
+    # state (a sort of 50k ints: microseconds).
+    first = (cfg.first_example + (state.step - cfg.first_step) * cfg.global_batch
+             + replica * local_batch)
+    positions = first + jnp.arange(local_batch, dtype=jnp.int32)
+    index = stream_indices(data_key, positions, train_size, one_epoch=one_epoch)
+    x = augment_batch(images[index], augment_key, positions, cfg.augment)
     x = data.normalize(x, mean, std, dtype=cfg.dtype)
     y = labels[index]
     rngs = {'dropout': jax.random.fold_in(jax.random.fold_in(dropout_key, state.step), replica)}

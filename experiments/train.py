@@ -8,6 +8,7 @@ data-parallel over every device (`experiments.parallel`), evaluates, logs and ch
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -25,12 +26,19 @@ import optax
 import lrsched
 from experiments import data, models, parallel
 from experiments.checkpoint import Checkpointer, abstract_like
-from experiments.config import Config, ConfigError
+from experiments.config import (
+    Config,
+    ConfigError,
+    Phase,
+    examples_at,
+    first_step_reaching,
+    phase_index,
+    resolve_phases,
+)
 from experiments.metrics import MetricWriter, Progress
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EPOCHS = 95
 # Fields that may change between a run and its resumption (they don't change the result).
 RESUMABLE_CHANGES = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'eval_every',
                      'steps_per_dispatch', 'workdir', 'data_dir')
@@ -47,13 +55,54 @@ class TrainingDiverged(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """What a config resolves to once the data and the devices are known."""
+  """What a config resolves to once the training-set size and the devices are known."""
 
   total_steps: int
-  steps_per_epoch: int
-  eval_every: int
-  lr_schedule: lrsched.Schedule
+  train_size: int
+  phases: tuple[Phase, ...]
+  lr_schedule: Any  # the LR of every step: the schedule, times its batch phase's factor
   momentum: float | lrsched.Schedule | None
+  tx: optax.GradientTransformation
+  local_batches: tuple[int, ...]  # the per-device batch of each phase
+
+  @property
+  def steps_per_epoch(self) -> int:
+    """Whole batches per epoch in the first phase."""
+    return self.train_size // self.phases[0].batch_size
+
+  def examples_at(self, step: int) -> int:
+    return examples_at(self.phases, step)
+
+  def epoch_at(self, step: int) -> float:
+    return examples_at(self.phases, step) / self.train_size
+
+  def phase_at(self, step: int) -> int:
+    """The phase of the update that follows ``step`` updates."""
+    return phase_index(self.phases, step)
+
+  def next_epoch_end(self, step: int) -> int:
+    """The first step after ``step`` at which another whole epoch has been seen."""
+    epochs_done = self.examples_at(step) // self.train_size
+    return first_step_reaching(self.phases, (epochs_done + 1) * self.train_size)
+
+
+class BatchScaledSchedule:
+  """``schedule(t) * factor_k`` for the batch phase k of step t (`Config.batch_lr_scaling`)."""
+
+  def __init__(self, schedule: lrsched.Schedule, phases: tuple[Phase, ...], rule: str):
+    self.schedule, self.rule = schedule, rule
+    self.starts = np.asarray([p.first_step for p in phases], np.int32)
+    self.factors = np.asarray([p.lr_factor for p in phases], np.float32)
+
+  def __call__(self, step: Any) -> jax.Array:
+    step = jnp.asarray(step)
+    phase = jnp.searchsorted(jnp.asarray(self.starts), step, side='right') - 1
+    return self.schedule(step) * jnp.asarray(self.factors)[phase]
+
+  def __repr__(self) -> str:
+    factors = ', '.join(f'{f:.6g}' for f in self.factors)
+    starts = ', '.join(str(s) for s in self.starts)
+    return f'{self.schedule!r} x {self.rule} batch scaling [{factors}] from steps [{starts}]'
 
 
 # --------------------------------------------------------------------------------------
@@ -61,15 +110,9 @@ class Plan:
 
 
 def resolve_steps(config: Config, train_size: int) -> tuple[int, int]:
-  """(total_steps, steps_per_epoch); an epoch drops its last partial batch."""
-  if config.batch_size > train_size:
-    raise ConfigError(f'--batch_size={config.batch_size} is larger than the training set '
-                      f'({train_size} examples)')
-  steps_per_epoch = train_size // config.batch_size
-  if config.steps is not None:
-    return config.steps, steps_per_epoch
-  epochs = DEFAULT_EPOCHS if config.epochs is None else config.epochs
-  return max(1, math.ceil(epochs * train_size / config.batch_size)), steps_per_epoch
+  """(total_steps, whole batches per epoch in the first phase); see `resolve_phases`."""
+  phases, total_steps = resolve_phases(config, train_size)
+  return total_steps, train_size // phases[0].batch_size
 
 
 def build_schedules(config: Config, total_steps: int
@@ -81,7 +124,7 @@ def build_schedules(config: Config, total_steps: int
     lr = lrsched.parse(config.schedule, **context)
   except ValueError as e:
     raise ConfigError(f'--schedule: {e}') from None
-  if lr.total_steps is not None and lr.total_steps != total_steps:
+  if not _fits_run(lr, total_steps):
     raise ConfigError(
         f'--schedule={lr!r} ends at step {lr.total_steps} but the run has {total_steps} '
         'steps; make them agree (leave total_steps out of the spec to have it filled in, '
@@ -104,10 +147,25 @@ def build_schedules(config: Config, total_steps: int
         raise ConfigError(f'--momentum: {e}') from None
     if isinstance(momentum, float) and not 0.0 <= momentum < 1.0:
       raise ConfigError(f'--momentum must be in [0, 1), got {momentum}')
-  if isinstance(momentum, lrsched.Schedule) and momentum.total_steps not in (None, total_steps):
+  if isinstance(momentum, lrsched.Schedule) and not _fits_run(momentum, total_steps):
     raise ConfigError(f'--momentum={momentum!r} ends at step {momentum.total_steps} but the '
                       f'run has {total_steps} steps')
   return lr, momentum
+
+
+def _fits_run(schedule: lrsched.Schedule, total_steps: int) -> bool:
+  """Whether a schedule's length agrees with the run's.
+
+  A schedule that takes ``total_steps`` must be given the run's length. One whose end is
+  set by its own phases (``multistep``'s last milestone, a ``warmup`` of one, ...) may end
+  before the run and hold its final value, as Caffe's multistep runs to ``max_iter``; no
+  schedule may end after the run, which would cut it short.
+  """
+  end = schedule.total_steps
+  if end is None or end == total_steps:
+    return True
+  takes_length = 'total_steps' in inspect.signature(lrsched.REGISTRY[schedule.name]).parameters
+  return end < total_steps and not takes_length
 
 
 def build_optimizer(config: Config, lr: lrsched.Schedule,
@@ -139,15 +197,59 @@ def _build_optimizer(config, lr, momentum):
 
 
 def check_devices(config: Config, num_devices: int) -> int:
-  """The per-device batch; every divisibility rule is checked here, before compiling."""
-  if config.batch_size % num_devices:
-    raise ConfigError(f'--batch_size={config.batch_size} is not divisible by the '
-                      f'{num_devices} devices; use a multiple of {num_devices}')
-  local = config.batch_size // num_devices
-  if config.bn_group_size is not None and local % config.bn_group_size:
-    raise ConfigError(f'the per-device batch ({config.batch_size} / {num_devices} devices '
-                      f'= {local}) is not divisible by --bn_group_size={config.bn_group_size}')
-  return local
+  """The per-device batch of the first phase; every divisibility rule is checked here, for
+  every batch phase, before compiling."""
+  locals_ = []
+  for change in config.batch_changes:
+    batch = change.batch_size
+    if batch % num_devices:
+      raise ConfigError(f'{change.flag}={batch} is not divisible by the {num_devices} '
+                        f'devices; use a multiple of {num_devices}')
+    local = batch // num_devices
+    if config.bn_group_size is not None and local % config.bn_group_size:
+      raise ConfigError(f'the per-device batch ({change.flag}={batch} / {num_devices} '
+                        f'devices = {local}) is not divisible by '
+                        f'--bn_group_size={config.bn_group_size}')
+    locals_.append(local)
+  return locals_[0]
+
+
+def build_model(config: Config):
+  """The Flax model of ``config`` (ConfigError for a bad name or setting)."""
+  dtype = jnp.bfloat16 if config.precision == 'bfloat16' else jnp.float32
+  try:
+    return models.create_model(config.model, num_classes=100 if config.dataset == 'cifar100'
+                               else 10, dtype=dtype, bn_group_size=config.bn_group_size,
+                               bn_momentum=config.bn_momentum,
+                               dropout_rate=config.dropout_rate, shortcut=config.shortcut)
+  except ValueError as e:
+    raise ConfigError(f'--model: {e}') from None
+
+
+def nominal_train_size(config: Config) -> int:
+  """The training-set size a config asks for, known without loading the data."""
+  if config.train_examples is not None:
+    return config.train_examples
+  return config.synthetic_examples if config.dataset == 'synthetic' else 50_000
+
+
+def plan(config: Config, train_size: int, num_devices: int) -> Plan:
+  """Checks everything about ``config`` that needs no data and no compilation.
+
+  Raises ConfigError; `train_and_evaluate` calls it, and `experiments.compare` calls it for
+  every arm before the first one trains.
+  """
+  config.validate()
+  if config.dataset not in data.DATASETS:
+    raise ConfigError(f'unknown --dataset={config.dataset!r}; valid: {", ".join(data.DATASETS)}')
+  check_devices(config, num_devices)
+  phases, total_steps = resolve_phases(config, train_size)
+  lr, momentum = build_schedules(config, total_steps)
+  if len(phases) > 1 and config.batch_lr_scaling != 'none':
+    lr = BatchScaledSchedule(lr, phases, config.batch_lr_scaling)
+  tx = build_optimizer(config, lr, momentum)
+  return Plan(total_steps, train_size, phases, lr, momentum, tx,
+              tuple(p.batch_size // num_devices for p in phases))
 
 
 def check_resumable(config: Config, workdir: str) -> None:
@@ -158,6 +260,8 @@ def check_resumable(config: Config, workdir: str) -> None:
   with open(path) as f:
     saved = json.load(f)
   current = dataclasses.asdict(config)
+  # A field added since the run started reads as its default there.
+  saved = {**dataclasses.asdict(Config()), **saved}
   differ = sorted(k for k in set(saved) | set(current)
                   if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
   if differ:
@@ -223,34 +327,38 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   is_primary = jax.process_index() == 0
   devices = jax.devices() if devices is None else list(devices)
   num_devices = len(devices)
-  local_batch = check_devices(config, num_devices)
+  check_devices(config, num_devices)
   if config.dataset not in data.DATASETS:
     raise ConfigError(f'unknown --dataset={config.dataset!r}; valid: {", ".join(data.DATASETS)}')
   check_resumable(config, workdir)
+  model = build_model(config)  # before loading the data, so that a typo fails at once
   dtype = jnp.bfloat16 if config.precision == 'bfloat16' else jnp.float32
-  try:  # before loading the data, so that a typo fails at once
-    model = models.create_model(config.model, num_classes=100 if config.dataset == 'cifar100'
-                                else 10, dtype=dtype, bn_group_size=config.bn_group_size,
-                                bn_momentum=config.bn_momentum,
-                                dropout_rate=config.dropout_rate, shortcut=config.shortcut)
-  except ValueError as e:
-    raise ConfigError(f'--model: {e}') from None
 
   dataset = data.load(config.dataset, config.data_dir, train_examples=config.train_examples,
                       seed=config.seed,
                       synthetic_size=(config.synthetic_examples, config.synthetic_examples // 5))
-  total_steps, steps_per_epoch = resolve_steps(config, len(dataset.train_labels))
-  lr_schedule, momentum = build_schedules(config, total_steps)
-  tx = build_optimizer(config, lr_schedule, momentum)
-  eval_every = config.eval_every or steps_per_epoch
+  train_size = len(dataset.train_labels)
+  p = plan(config, train_size, num_devices)
+  total_steps, lr_schedule, momentum = p.total_steps, p.lr_schedule, p.momentum
   log.info('%s: %d train / %d test examples, %d steps (%.1f epochs), %d devices (%s)',
-           dataset.source, len(dataset.train_labels), len(dataset.test_labels), total_steps,
-           total_steps / steps_per_epoch, num_devices, devices[0].device_kind)
+           dataset.source, train_size, len(dataset.test_labels), total_steps,
+           p.epoch_at(total_steps), num_devices, devices[0].device_kind)
+  if len(p.phases) > 1:
+    log.info('batch phases: %s', ', '.join(
+        f'{ph.batch_size} from step {ph.first_step} (LR x{ph.lr_factor:.4g})' for ph in p.phases))
+
+  if config.eval_every:
+    eval_due = lambda step: step % config.eval_every == 0
+    next_eval = lambda step: _next_multiple(step, config.eval_every)
+  else:  # at the end of every epoch, whatever the batch phase
+    eval_due = lambda step: (p.examples_at(step) // train_size
+                             > p.examples_at(step - 1) // train_size)
+    next_eval = p.next_epoch_end
 
   # Everything is checked: from here on, compile and run.
   mesh = parallel.make_mesh(devices)
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
-  state = create_state(model, tx, mesh, init_key, local_batch)
+  state = create_state(model, p.tx, mesh, init_key, p.local_batches[0])
   checkpointer = Checkpointer(workdir, config.keep_checkpoints)
   restored = checkpointer.restore_latest(abstract_like(state))
   start_step = 0
@@ -271,10 +379,17 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   test = parallel.pad_for_eval(dataset.test_images, dataset.test_labels.astype(np.int32),
                                num_devices, chunk)
   test_images, test_labels, test_mask = (parallel.put_sharded(mesh, a) for a in test)
-  train = parallel.make_train_steps(
-      model, tx, mesh, parallel.StepConfig(config.batch_size, steps_per_epoch, config.augment,
-                                           dtype), step_key)
   evaluate = parallel.make_eval_step(model, mesh, dtype, chunk)
+  train_steps: dict[int, Any] = {}  # one compiled step per batch phase, made when first used
+
+  def train_fn(phase: int):
+    if phase not in train_steps:
+      ph = p.phases[phase]
+      train_steps[phase] = parallel.make_train_steps(
+          model, p.tx, mesh, parallel.StepConfig(
+              ph.batch_size, train_size // ph.batch_size, config.augment, dtype,
+              first_step=ph.first_step, first_example=ph.first_example), step_key)
+    return train_steps[phase]
 
   def save(step: int, state: parallel.TrainState) -> None:
     if not parallel.all_finite(state.params):  # never checkpoint a diverged state
@@ -287,17 +402,22 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   progress = Progress(total_steps, enabled=is_primary)
   step = start_step
   best_accuracy = writer.best('test_accuracy')
-  last = {'time': time.time(), 'step': step, 'busy': 0.0}
+  last = {'time': time.time(), 'step': step}
   compile_s = None
   stopped_by = None
   with _StopRequest() as stop:
     while step < total_steps:
-      boundary = min(total_steps, _next_multiple(step, eval_every),
-                     _next_multiple(step, config.checkpoint_every),
+      phase = p.phase_at(step)
+      phase_end = (p.phases[phase + 1].first_step if phase + 1 < len(p.phases)
+                   else total_steps)
+      boundary = min(phase_end, next_eval(step), _next_multiple(step, config.checkpoint_every),
                      _next_multiple(step, config.log_every))
       n = min(config.steps_per_dispatch, boundary - step)
+      if step == p.phases[phase].first_step and phase > 0:
+        progress.note(f'step {step}: batch size {p.phases[phase - 1].batch_size} -> '
+                      f'{p.phases[phase].batch_size}')
       t0 = time.time()
-      state = train(state, train_images, train_labels, mean, std, n)
+      state = train_fn(phase)(state, train_images, train_labels, mean, std, n)
       step += n
       if compile_s is None:
         jax.block_until_ready(state.step)
@@ -317,14 +437,15 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
         writer.close()
         raise TrainingDiverged(bad, float(lr_schedule(bad)))
       now = time.time()
-      images_per_sec = (step - last['step']) * config.batch_size / max(now - last['time'], 1e-9)
+      images_per_sec = ((p.examples_at(step) - p.examples_at(last['step']))
+                        / max(now - last['time'], 1e-9))
       lr_now = float(hp['learning_rate'])
       mom_now = float(hp['momentum']) if 'momentum' in hp else None
       train_loss = float(metrics.loss_sum / max(metrics.count, 1))
       progress.update(step, lr=lr_now, loss=train_loss, images_per_sec=images_per_sec)
       writer.scalars(step, {'train/loss': train_loss, 'lr': lr_now,
                             **({'momentum': mom_now} if mom_now is not None else {})})
-      if step % eval_every == 0 or step == total_steps:
+      if eval_due(step) or step == total_steps:
         test_loss, test_accuracy = (float(v) for v in evaluate(
             state.params, state.batch_stats, test_images, test_labels, test_mask, mean, std))
         if not math.isfinite(test_loss):
@@ -333,8 +454,9 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
           raise TrainingDiverged(step - 1, float(lr_schedule(step - 1)))
         best_accuracy = max(best_accuracy, test_accuracy)
         writer.evaluation({
-            'step': step, 'epoch': step / steps_per_epoch, 'lr': lr_now, 'momentum': mom_now,
-            'train_loss': train_loss,
+            'step': step, 'epoch': p.epoch_at(step), 'lr': lr_now, 'momentum': mom_now,
+            'batch_size': p.phases[p.phase_at(step - 1)].batch_size,
+            'examples': p.examples_at(step), 'train_loss': train_loss,
             'train_accuracy': float(metrics.correct / max(metrics.count, 1)),
             'test_loss': test_loss, 'test_accuracy': test_accuracy,
             'images_per_sec': images_per_sec, 'elapsed_s': time.time() - start_time})
@@ -352,7 +474,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   final = writer.last_evaluation()
   summary = {
       'status': 'interrupted' if stopped_by else 'finished',
-      'steps': step, 'total_steps': total_steps, 'epochs': step / steps_per_epoch,
+      'steps': step, 'total_steps': total_steps, 'epochs': p.epoch_at(step),
       'final_test_accuracy': final.get('test_accuracy') if final else None,
       'best_test_accuracy': best_accuracy if best_accuracy >= 0 else None,
       'final_test_loss': final.get('test_loss') if final else None,
@@ -361,6 +483,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
       'device_kind': devices[0].device_kind, 'device_count': num_devices,
       'process_count': jax.process_count(), 'data': dataset.source,
       'schedule': repr(lr_schedule), 'momentum': repr(momentum),
+      'batch_phases': [ph._asdict() for ph in p.phases],
       'command': command or ' '.join(sys.argv), 'jax_version': jax.__version__,
   }
   if stopped_by:

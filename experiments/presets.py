@@ -1,0 +1,356 @@
+"""Named runs from the papers: each preset is a set of `Config` values with its source.
+
+  python -m experiments.cifar --preset=sc-fig1a-clr --data_dir=data/cifar10-jpeg.npz
+  python -m experiments.cifar --list_presets
+
+A preset sets only the fields it names; flags given explicitly on the command line override
+it (``--preset=sc-fig1a-clr --seed=1``). `SUITES` group presets into the comparisons of
+``python -m experiments.compare --suite=NAME``.
+
+Papers:
+
+* [SC] L. N. Smith and N. Topin, "Super-Convergence: Very Fast Training of Neural Networks
+  Using Large Learning Rates", 2017 (arXiv:1708.07120). Their Caffe logs (the
+  ``Results/`` folder of ``lnsmith54/super-convergence``) give the exact setup: ResNet-56
+  with Caffe's downsampling, total batch 1000 as 8 GPUs x 125 with batch-norm statistics
+  per GPU, SGD momentum 0.9 in Caffe's form, weight decay 1e-4 on every parameter, flips
+  only, batch-norm moving-average fraction 0.95 for CLR and 0.999 for the piecewise-constant
+  baseline.
+* [S18] L. N. Smith, "A disciplined approach to neural network hyper-parameters: Part 1",
+  2018 (arXiv:1803.09820); its Caffe logs are in ``lnsmith54/hyperParam1``.
+* [SGDR] I. Loshchilov and F. Hutter, "SGDR: Stochastic Gradient Descent with Warm
+  Restarts", ICLR 2017.
+* [G17] P. Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017.
+* [SKL] S. L. Smith, P.-J. Kindermans, C. Ying and Q. V. Le, "Don't Decay the Learning
+  Rate, Increase the Batch Size", ICLR 2018 (arXiv:1711.00489).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Mapping
+from typing import Any
+
+import lrsched
+from experiments.config import Config, ConfigError, resolve_phases
+
+CIFAR_TRAIN = 50_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """A named run.
+
+  Attributes:
+    name: the ``--preset`` name.
+    summary: one line.
+    source: the paper and its figure or table.
+    values: the `Config` fields it sets.
+    paper_accuracy: the paper's final test accuracy (a fraction), where it gives one.
+    log_accuracy: the final test accuracy of the authors' own log of this run, where there
+      is one (it can differ from the paper's number).
+    reference_log: the authors' curve, ``<name>.csv`` of the super-convergence logs.
+    notes: where the preset departs from the paper, and why.
+  """
+
+  name: str
+  summary: str
+  source: str
+  values: Mapping[str, Any]
+  paper_accuracy: float | None = None
+  log_accuracy: float | None = None
+  reference_log: str | None = None
+  notes: str = ''
+
+  def config(self, **overrides: Any) -> Config:
+    """The preset's `Config`, with ``overrides`` on top."""
+    return Config.from_dict({**self.values, **overrides})
+
+  def describe(self) -> str:
+    """Several lines for ``--list_presets``."""
+    numbers = []
+    if self.paper_accuracy is not None:
+      numbers.append(f'paper {100 * self.paper_accuracy:.1f}%')
+    if self.log_accuracy is not None:
+      numbers.append(f"authors' log {self.reference_log}: {100 * self.log_accuracy:.2f}%")
+    lines = [f'{self.name}: {self.summary}', f'    source: {self.source}']
+    if numbers:
+      lines.append('    result: ' + '; '.join(numbers))
+    if self.notes:
+      lines.append(f'    notes: {self.notes}')
+    settings = ' '.join(f'--{k}={_flag_value(v)}' for k, v in self.values.items())
+    lines.append(f'    sets: {settings}')
+    return '\n'.join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+  """Presets compared side by side by ``experiments.compare --suite``.
+
+  ``allow_differences`` names the data or model fields (see `experiments.compare`) that
+  are meant to differ between its arms, e.g. ``train_examples`` for Table 1's sweep.
+  """
+
+  name: str
+  summary: str
+  arms: tuple[str, ...]
+  allow_differences: tuple[str, ...] = ()
+
+
+def _flag_value(value: Any) -> str:
+  text = str(value)
+  return repr(text) if any(c in text for c in ' ,()[]') else text
+
+
+def _steps(epochs: float, batch_size: int, dataset_size: int = CIFAR_TRAIN) -> int:
+  return lrsched.to_steps(batch_size=batch_size, epochs=epochs, dataset_size=dataset_size)
+
+
+# --------------------------------------------------------------------------------------
+# Super-convergence (Smith & Topin, 2017)
+
+_SC = types.MappingProxyType(dict(
+    model='resnet56', shortcut='caffe', dataset='cifar10', augment='flip', batch_size=1000,
+    bn_group_size=125, optimizer='sgd', momentum='0.9', caffe_momentum=True,
+    weight_decay=1e-4, weight_decay_mode='coupled', eval_every=500))
+_SC_SOURCE = 'Smith & Topin 2017 (arXiv:1708.07120)'
+_CLR = dict(_SC, schedule='super_convergence(base_lr=0.1, max_lr=3.0, step_size=5000)',
+            steps=10_000, bn_momentum=0.95)
+_STEP = dict(_SC, schedule='multistep(lr=0.35, milestones=[50000, 70000], gamma=0.1)',
+             steps=80_000, bn_momentum=0.999)
+
+_PRESETS: list[Preset] = [
+    Preset(
+        'sc-fig1a-clr', 'ResNet-56, one CLR cycle 0.1 -> 3.0 -> 0.1 in 10k iterations',
+        f'{_SC_SOURCE}, Fig. 1a and Table 1 (CLR, 50k examples)', _CLR,
+        paper_accuracy=0.924, log_accuracy=0.9244, reference_log='clr3SS5kFig1a'),
+    Preset(
+        'sc-fig1a-step', 'ResNet-56, piecewise-constant LR 0.35, x0.1 at 50k and 70k of 80k',
+        f'{_SC_SOURCE}, Fig. 1a and Table 1 (PC-LR, 50k examples)', _STEP,
+        paper_accuracy=0.912, log_accuracy=0.9032, reference_log='lr35Fig1a',
+        notes="91.2% is the paper's Table 1; the authors' log lr35Fig1a (the curve of Fig. "
+              '1a) ends at 90.32% (best 90.39%)'),
+    Preset(
+        'sc-fig1a-fixed', 'ResNet-56, fixed LR 0.35 for 80k iterations',
+        f'{_SC_SOURCE}: the PC-LR baseline of Fig. 1a without its drops',
+        dict(_STEP, schedule='constant(lr=0.35)'),
+        notes='not in the paper. It gets the PC-LR budget (80k iterations), to show what the '
+              'drops add; the fixed LR at the CLR budget (10k) is sc-budget-fixed'),
+    Preset(
+        'sc-budget-step', 'ResNet-56, LR 0.35, x0.1 at 6250 and 8750: PC-LR in 10k iterations',
+        f'{_SC_SOURCE}: the PC-LR baseline with the CLR run\'s budget',
+        dict(_STEP, schedule='multistep(lr=0.35, milestones=[6250, 8750], gamma=0.1)',
+             steps=10_000),
+        notes='not in the paper: the milestones 50k/70k of 80k scaled to 10k iterations'),
+    Preset(
+        'sc-budget-fixed', 'ResNet-56, fixed LR 0.35 for 10k iterations',
+        f"{_SC_SOURCE}: a fixed LR with the CLR run's budget",
+        dict(_STEP, schedule='constant(lr=0.35)', steps=10_000),
+        notes='not in the paper; batch-norm fraction 0.999 as in the authors\' fixed-LR '
+              '(PC-LR) solver'),
+]
+
+# Table 1: the CLR numbers of the paper equal the finals of the authors' logs; for the
+# PC-LR rows and the other depths only the logs' finals are given here.
+_TABLE1 = [
+    # (suffix, changes, CLR paper, CLR log, step log)
+    ('40k', dict(train_examples=40_000), 0.911, 0.91104, 0.90432),
+    ('30k', dict(train_examples=30_000), 0.896, 0.89644, 0.86356),
+    ('20k', dict(train_examples=20_000), 0.879, 0.87924, 0.62328),
+    ('10k', dict(train_examples=10_000), 0.806, 0.80592, 0.71204),
+    ('resnet20', dict(model='resnet20'), None, 0.9042, 0.88636),
+    ('resnet110', dict(model='resnet110'), None, 0.9237, 0.9121),
+]
+
+
+def _table1_presets() -> list[Preset]:
+  presets = []
+  for suffix, changes, clr_paper, clr_log, step_log in _TABLE1:
+    data = 'train_examples' in changes
+    what = f'{suffix} training examples' if data else f'ResNet-{suffix[6:]}'
+    clr_log_name = f'clr3SS5kTr{suffix}Tab1' if data else f'clr3SS5kRes{suffix[6:]}Tab1'
+    step_log_name = f'lr35Tr{suffix}Tab1' if data else f'lr35Res{suffix[6:]}Fig6b'
+    untranscribed = "the paper's Table 1 value is not transcribed here"
+    presets.append(Preset(
+        f'sc-tab1-clr-{suffix}', f'sc-fig1a-clr with {what}',
+        f'{_SC_SOURCE}, Table 1 (CLR, {what})', dict(_CLR, **changes),
+        paper_accuracy=clr_paper, log_accuracy=clr_log, reference_log=clr_log_name,
+        notes='' if data else untranscribed))
+    presets.append(Preset(
+        f'sc-tab1-step-{suffix}', f'sc-fig1a-step with {what}',
+        f'{_SC_SOURCE}, Table 1 (PC-LR, {what})' + ('' if data else ' and Fig. 6b'),
+        dict(_STEP, **changes), log_accuracy=step_log, reference_log=step_log_name,
+        notes=untranscribed + ("; the log's last evaluations collapse (best 76.40%)"
+                               if suffix == '20k' else '')))
+  return presets
+
+
+_PRESETS += _table1_presets()
+
+# --------------------------------------------------------------------------------------
+# Smith (2018): 1cycle with cyclical momentum
+
+_S18_SOURCE = 'Smith 2018 (arXiv:1803.09820)'
+_S18 = dict(
+    model='resnet56', shortcut='A', dataset='cifar10', augment='flip', batch_size=512,
+    bn_group_size=128, bn_momentum=0.9, optimizer='nesterov', caffe_momentum=True,
+    weight_decay=1e-4, weight_decay_mode='coupled', steps=9277)
+_S18_NOTES = ("from the authors' log ResTBS512LR.0800.8M.95WD1e-4Epoch95: 4 GPUs x 128 "
+              "(batch-norm groups of 128, moving-average fraction 0.9), Caffe's Nesterov, "
+              '9277 iterations (95 epochs, rounded down as Caffe did), step size 4003, flips '
+              'only; their net (gResnet56: no ReLU '
+              'after the addition) is not ours, we use the standard option-A ResNet-56')
+_PRESETS += [
+    Preset(
+        'smith18-1cycle', 'ResNet-56, batch 512, 1cycle 0.08 -> 0.8, cyclical momentum '
+        '0.95 -> 0.85, 95 epochs',
+        f'{_S18_SOURCE}, CIFAR-10 ResNet-56 1cycle (92.0 +- 0.2%)',
+        dict(_S18, schedule='caffe_one_cycle(base_lr=0.08, max_lr=0.8, step_size=4003)',
+             momentum='cyclical'),
+        paper_accuracy=0.920, notes=_S18_NOTES),
+    Preset(
+        'smith18-constant', 'ResNet-56, batch 512, constant LR 0.1, 95 epochs',
+        f'{_S18_SOURCE}, CIFAR-10 ResNet-56 constant LR (89.1 +- 0.3%)',
+        dict(_S18, schedule='constant(lr=0.1)', momentum='0.9'),
+        paper_accuracy=0.891,
+        notes='momentum 0.9 (constant) is our assumption; otherwise as smith18-1cycle'),
+    Preset(
+        'smith18-wrn-1cycle', 'WRN-28-10, batch 128, 1cycle 0.1 -> 1.0, cyclical momentum '
+        '0.95 -> 0.85, 50 epochs',
+        f"{_S18_SOURCE}, Wide ResNet 1cycle (the authors' log "
+        'Wide1CycLR.1001CM0.95.85WD1e-4Epoch50BS128)',
+        dict(model='wrn-28-10', dataset='cifar10', augment='flip', batch_size=128,
+             bn_group_size=128, bn_momentum=0.9, optimizer='nesterov', caffe_momentum=True,
+             weight_decay=1e-4, weight_decay_mode='coupled', epochs=50,
+             schedule='caffe_one_cycle(base_lr=0.1, max_lr=1.0)', momentum='cyclical'),
+        notes="the log's net (wide32cifar) is not a WRN-D-K we have; WRN-28-10 stands in "
+              'for it. No paper number is transcribed'),
+]
+
+# --------------------------------------------------------------------------------------
+# SGDR on WRN-28-10 (Loshchilov & Hutter, 2017)
+
+_SGDR_T0 = _steps(10, 128)  # 3907 steps: T0 = 10 epochs at batch 128
+_PRESETS.append(Preset(
+    'sgdr-wrn-28-10', 'WRN-28-10, batch 128, SGDR T0=10 epochs, T_mult=2, 150 epochs',
+    'Loshchilov & Hutter 2017 (SGDR), CIFAR-10 WRN-28-10 with T0=10, T_mult=2',
+    dict(model='wrn-28-10', dataset='cifar10', augment='crop+flip', batch_size=128,
+         bn_group_size=128, bn_momentum=0.9, optimizer='nesterov', momentum='0.9',
+         weight_decay=5e-4, weight_decay_mode='coupled',
+         schedule=f'sgdr(max_lr=0.05, t0={_SGDR_T0}, t_mult=2, min_lr=0.0)',
+         steps=15 * _SGDR_T0),
+    notes=f'T0 = to_steps(10 epochs at batch 128) = {_SGDR_T0} steps; the run ends with the '
+          f'4th period (10 + 20 + 40 + 80 = 150 epochs = {15 * _SGDR_T0} steps), where the '
+          "LR reaches 0. The paper's numbers are medians over runs; none is transcribed"))
+
+# --------------------------------------------------------------------------------------
+# Goyal et al. (2017): linear scaling and gradual warmup, adapted to CIFAR
+
+_GOYAL_BATCH = 1024
+_GOYAL_LR = lrsched.scale_lr(0.1, _GOYAL_BATCH, 256, 'linear')
+_GOYAL_WARMUP = _steps(5, _GOYAL_BATCH)
+_GOYAL_MILESTONES = [_steps(e, _GOYAL_BATCH) - _GOYAL_WARMUP for e in (30, 60, 80)]
+_PRESETS.append(Preset(
+    'goyal-large-batch', f'ResNet-56, batch {_GOYAL_BATCH}, LR 0.1 x B/256 = {_GOYAL_LR:g} '
+    'after a 5-epoch warmup, x0.1 at epochs 30/60/80 of 90',
+    'Goyal et al. 2017, the ImageNet recipe (linear scaling, gradual warmup) on CIFAR-10',
+    dict(model='resnet56', shortcut='A', dataset='cifar10', augment='crop+flip',
+         batch_size=_GOYAL_BATCH, bn_group_size=32, bn_momentum=0.9, optimizer='sgd',
+         momentum='0.9', weight_decay=1e-4, weight_decay_mode='coupled', epochs=90,
+         schedule=f'warmup(multistep(lr={_GOYAL_LR:g}, milestones={_GOYAL_MILESTONES}, '
+                  f'gamma=0.1), warmup_steps={_GOYAL_WARMUP}, start_lr=0.1)'),
+    notes='an adaptation: the paper trains ResNet-50 on ImageNet. Kept: LR 0.1 per 256 '
+          'examples, a linear warmup from 0.1 over 5 epochs, x0.1 at epochs 30, 60 and 80 '
+          'of 90, batch-norm statistics over groups of 32 (their n), momentum 0.9, '
+          'weight decay 1e-4. Not kept: the zero init of each block\'s last batch-norm '
+          'scale, ImageNet augmentation (CIFAR crops and flips instead). No paper number'))
+
+# --------------------------------------------------------------------------------------
+# Smith, Kindermans & Le (2017): increase the batch size instead of decaying the LR
+
+_SKL = dict(model='wrn-16-4', dataset='cifar10', augment='crop+flip', batch_size=128,
+            bn_group_size=128, bn_momentum=0.9, optimizer='sgd', momentum='0.9',
+            weight_decay=5e-4, weight_decay_mode='coupled', epochs=200)
+_SKL_SOURCE = 'Smith, Kindermans & Le 2017 (arXiv:1711.00489), Fig. 2 (CIFAR-10, WRN-16-4)'
+_SKL_NOTES = ('the paper reports curves, not a table: no number. Ghost batch norm over '
+              'groups of 128 as in the paper; the LR and the batch change at the same '
+              'examples seen (epochs 60, 120, 160 of 200) in every arm')
+
+
+def _skl_hybrid_decay_step() -> int:
+  """The step at which the hybrid arm reaches epoch 160 (its batch is 3200 by then)."""
+  config = Config(**{**_SKL, 'epochs': 160}, schedule='constant(lr=0.1)',
+                  batch_schedule='60:640,120:3200')
+  return resolve_phases(config, CIFAR_TRAIN)[1]
+
+
+_PRESETS += [
+    Preset(
+        'skl-decay-lr', 'WRN-16-4, batch 128, LR 0.1 x0.2 at epochs 60, 120, 160 of 200',
+        _SKL_SOURCE + ': "decaying learning rate"',
+        dict(_SKL, schedule=f'multistep(lr=0.1, milestones='
+                            f'{[_steps(e, 128) for e in (60, 120, 160)]}, gamma=0.2)'),
+        notes=_SKL_NOTES),
+    Preset(
+        'skl-increase-batch', 'WRN-16-4, LR 0.1, batch 128 -> 640 -> 3200 -> 16000 at epochs '
+        '60, 120, 160 of 200',
+        _SKL_SOURCE + ': "increasing batch size"',
+        dict(_SKL, schedule='constant(lr=0.1)', batch_schedule='60:640,120:3200,160:16000',
+             batch_lr_scaling='none'),
+        notes=_SKL_NOTES + '. The last phase (16000 examples a step) needs several devices '
+              'or --precision=bfloat16 to fit WRN-16-4 in memory; see skl-hybrid'),
+    Preset(
+        'skl-hybrid', 'WRN-16-4, batch 128 -> 640 -> 3200 at epochs 60, 120, then LR x0.2 '
+        'at epoch 160',
+        _SKL_SOURCE + ': "hybrid"',
+        dict(_SKL, schedule=f'multistep(lr=0.1, milestones=[{_skl_hybrid_decay_step()}], '
+                            'gamma=0.2)',
+             batch_schedule='60:640,120:3200', batch_lr_scaling='none'),
+        notes=_SKL_NOTES),
+]
+
+PRESETS: Mapping[str, Preset] = types.MappingProxyType({p.name: p for p in _PRESETS})
+"""Every preset, by name."""
+
+SUITES: Mapping[str, Suite] = types.MappingProxyType({s.name: s for s in [
+    Suite('sc-fig1a', "the paper's Fig. 1a: one CLR cycle (10k) against PC-LR (80k)",
+          ('sc-fig1a-clr', 'sc-fig1a-step')),
+    Suite('sc-budget', 'CLR against step and fixed LRs, all in 10k iterations',
+          ('sc-fig1a-clr', 'sc-budget-step', 'sc-budget-fixed')),
+    Suite('sc-tab1-data', "Table 1's reduced training sets, CLR and PC-LR",
+          tuple(f'sc-tab1-{kind}-{n}' for n in ('40k', '30k', '20k', '10k')
+                for kind in ('clr', 'step')), allow_differences=('train_examples',)),
+    Suite('sc-tab1-depth', "Table 1's ResNet-20 and ResNet-110 rows, CLR and PC-LR",
+          tuple(f'sc-tab1-{kind}-{m}' for m in ('resnet20', 'resnet110')
+                for kind in ('clr', 'step')), allow_differences=('model',)),
+    Suite('smith18', '1cycle with cyclical momentum against a constant LR (Smith 2018)',
+          ('smith18-1cycle', 'smith18-constant')),
+    Suite('skl-batch-size', 'decay the LR, or increase the batch size (Smith et al. 2017)',
+          ('skl-decay-lr', 'skl-hybrid', 'skl-increase-batch')),
+]})
+"""Named comparisons for ``experiments.compare --suite``."""
+
+
+def get(name: str) -> Preset:
+  """The preset called ``name``; ConfigError listing the valid names otherwise."""
+  try:
+    return PRESETS[name]
+  except KeyError:
+    raise ConfigError(f'unknown preset {name!r}; valid: {", ".join(PRESETS)}') from None
+
+
+def get_suite(name: str) -> Suite:
+  """The suite called ``name``; ConfigError listing the valid names otherwise."""
+  try:
+    return SUITES[name]
+  except KeyError:
+    raise ConfigError(f'unknown suite {name!r}; valid: {", ".join(SUITES)}') from None
+
+
+def listing() -> str:
+  """Every preset and suite, with sources and numbers (``--list_presets``)."""
+  suites = [f'  {s.name}: {s.summary}: {", ".join(s.arms)}' for s in SUITES.values()]
+  return '\n\n'.join([*(p.describe() for p in PRESETS.values()),
+                      '\n'.join(['suites (python -m experiments.compare --suite=NAME):',
+                                 *suites])])
