@@ -1,0 +1,95 @@
+"""experiments.lr_range_test end to end on a tiny ResNet, and its input checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import lr_range_test
+from experiments.config import Config, ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny(**changes) -> Config:
+  base = dict(model='resnet8', dataset='synthetic', synthetic_examples=256, batch_size=32,
+              momentum='0.9', bn_group_size=4)
+  base.update(changes)
+  return Config(**base)
+
+
+SWEEP = lr_range_test.Sweep(min_lr=0.0, max_lr=3.0, mode='linear', num_steps=20,
+                            metric_every=4, test_examples=48, chunk_size=10)
+
+
+@pytest.fixture(scope='module')
+def report(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('range')
+  return workdir, lr_range_test.run(tiny(), SWEEP, workdir=str(workdir))
+
+
+def test_range_test_writes_the_curves_and_the_suggestions(report):
+  workdir, report = report
+  saved = json.load(open(workdir / 'range_test.json'))
+  assert saved['suggestions'] == report['suggestions']
+  result = saved['result']
+  n = len(result['lrs'])
+  assert result['num_steps'] == 20 and n == 20 - (0 if result['diverged_at'] is None else
+                                                  20 - result['diverged_at'])
+  np.testing.assert_allclose(result['lrs'], np.linspace(0, 3, 20)[:n], rtol=1e-6, atol=1e-7)
+  assert all(np.isfinite(result['losses']))
+  assert result['metric_steps'] == [3, 7, 11, 15, 19][:len(result['metrics'])]
+  assert all(0 <= m <= 1 for m in result['metrics'])
+  assert saved['test_examples'] == 48 and saved['sweep']['mode'] == 'linear'
+  assert set(saved['suggestions']) == set(lr_range_test.SUGGESTIONS)
+  for method, s in saved['suggestions'].items():
+    if 'error' in s:  # a curve can refuse a rule: then it says why
+      assert method in s['error'] or 'points' in s['error'] or 'loss' in s['error']
+    else:
+      assert 0 <= s['lr'] <= 3 and s['explanation']
+  for method in lr_range_test.ACCURACY_SUGGESTIONS:  # 5 accuracy points: always defined
+    assert 'lr' in saved['suggestions'][method]
+  bounds = saved['suggestions']['clr_bounds']
+  assert bounds['min_lr'] == pytest.approx(bounds['lr'] / 4)
+  with open(workdir / 'range_test.png', 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.parametrize('changes, message', [
+    (dict(num_steps=10), 'too few for a suggestion'),
+    (dict(metric_every=5), 'gives 4 test-accuracy points'),
+    (dict(max_lr=0.0), 'larger than --min_lr'),
+    (dict(mode='exp', min_lr=0.0), 'positive with --mode=exp'),
+    (dict(min_lr=-1.0), '>= 0'),
+    (dict(max_lr=float('inf')), 'finite'),
+    (dict(test_examples=0), 'test_examples'),
+])
+def test_bad_sweeps_are_config_errors(changes, message):
+  sweep = lr_range_test.Sweep(**{**SWEEP.__dict__, **changes})
+  with pytest.raises(ConfigError, match=message):
+    sweep.check()
+
+
+def test_bad_configs_fail_before_compiling(tmp_path):
+  with pytest.raises(ConfigError, match='constant momentum'):
+    lr_range_test.run(tiny(momentum='cyclical'), SWEEP, workdir=str(tmp_path))
+  with pytest.raises(ConfigError, match='not divisible by the 8 devices'):
+    lr_range_test.run(tiny(batch_size=36, bn_group_size=None), SWEEP, workdir=str(tmp_path))
+  with pytest.raises(ConfigError, match='too few'):
+    lr_range_test.run(tiny(), lr_range_test.Sweep(num_steps=3), workdir=str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+def test_cli_refuses_training_schedule_flags(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.lr_range_test', '--schedule=1cycle', '--steps=10',
+       f'--workdir={tmp_path}'], cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and '--schedule, --steps do not apply' in errors[0]
