@@ -8,11 +8,12 @@ r"""Runs several training arms on the same model, data and seed, and compares th
 
 The arms are presets (``--presets``, or a named ``--suite`` of `experiments.presets`), or
 LR schedules (``--schedules``, repeated) on one base configuration (``--preset`` and the
-training flags). Training flags given on the command line apply to every arm. Each arm
-trains in its own subfolder of ``--workdir`` as a normal run of `experiments.cifar` (so it
-resumes); an arm that finished (``summary.json``) or diverged (``diverged.json``: training
-is deterministic, it would diverge again) is not run again. A diverging arm is recorded with
-the step and the LR where it diverged, and the others go on.
+training flags; the preset's paper numbers go with the arm that runs its own schedule).
+Training flags given on the command line apply to every arm. Each arm trains in its own
+subfolder of ``--workdir`` as a normal run of `experiments.cifar` (so it resumes); an arm
+that finished (``summary.json``) or diverged (``diverged.json``: training is deterministic,
+it would diverge again) is not run again. A diverging arm is recorded with the step and the
+LR where it diverged, and the others go on.
 
 Everything is checked before the first arm trains: every arm's settings, and that the arms
 agree on the data (dataset, data_dir, train_examples, synthetic_examples), the model (model,
@@ -89,11 +90,16 @@ def arms_from_presets(names: Iterable[str], overrides: dict[str, Any] | None = N
 
 def arms_from_schedules(base: Config, schedules: Iterable[str],
                         preset: presets.Preset | None = None) -> list[Arm]:
-  """One arm per schedule spec on the ``base`` configuration, named by position and spec."""
+  """One arm per schedule spec on the ``base`` configuration, named by position and spec.
+
+  ``preset``: the preset ``base`` came from; its numbers and reference curve go with the
+  arm whose schedule is the preset's own (and with no other).
+  """
   arms = []
   for i, spec in enumerate(schedules):
     slug = re.sub(r'[^A-Za-z0-9.=-]+', '_', spec).strip('_')[:48]
-    arms.append(Arm(f'{i}-{slug}', base.replace(schedule=spec), preset))
+    own = preset is not None and spec.strip() == preset.values.get('schedule')
+    arms.append(Arm(f'{i}-{slug}', base.replace(schedule=spec), preset if own else None))
   return arms
 
 
