@@ -300,7 +300,6 @@ class Plan(NamedTuple):
   """A configuration resolved as `experiments.train` resolves it."""
 
   config: Any  # experiments.config.Config
-  steps_per_epoch: int
   tx: Any  # optax.GradientTransformation
   lr: Any  # lrsched.Schedule
   momentum: Any  # float, lrsched.Schedule or None
@@ -320,13 +319,13 @@ def plan(settings: Settings, model: str, batch: int, precision: str, schedule: s
     config.validate()
     models.create_model(model, num_classes=10)
     # The schedules' length: the trainer's default run (95 epochs) of this training set.
-    total_steps, steps_per_epoch = train.resolve_steps(config, settings.train_examples)
+    total_steps = train.resolve_steps(config, settings.train_examples)
     lr, momentum = train.build_schedules(config, total_steps)
     tx = train.build_optimizer(config, lr, momentum)
   except (ConfigError, ValueError) as e:
     raise BenchmarkError(f'{model} batch {batch} {precision} schedule {schedule!r}: '
                          f'{e}') from None
-  return Plan(config, steps_per_epoch, tx, lr, momentum)
+  return Plan(config, tx, lr, momentum)
 
 
 @dataclasses.dataclass
@@ -436,7 +435,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
     p = plan(settings, model_name, batch, precision, schedule, 1)
     train_steps = parallel.make_train_steps(
         model, p.tx, mesh,
-        parallel.StepConfig(batch, p.steps_per_epoch, p.config.augment, dtype), step_key)
+        parallel.StepConfig(batch, p.config.augment, dtype), step_key)
     initial = train.create_state(model, p.tx, mesh, init_key, local_batch)
     one_step_cost = None
     for k in sorted(settings.steps_per_dispatch, key=lambda k: k != 1):  # K=1 first

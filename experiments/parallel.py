@@ -19,7 +19,8 @@ of its batch phase (`StepConfig`), so that
   `Config.batch_schedule`, against the constant batch of an LR decay) see the same
   examples, identically augmented, in the same order;
 * the same global batch on 1 or on N devices gives the same result (up to float
-  reduction order; the BN statistics come from ghost-BN groups that never span devices);
+  reduction order; the BN statistics come from ghost-BN groups that never span devices),
+  except with dropout, whose masks are drawn per replica;
 * a run resumed from a checkpoint, in any batch phase, replays exactly the steps it would
   have run.
 """
@@ -101,13 +102,9 @@ class StepConfig(NamedTuple):
 
   ``first_step`` and ``first_example`` place the step's batch phase in the data stream (see
   the module docstring): the defaults are the whole run at one batch size.
-  ``steps_per_epoch`` (whole batches per epoch) is not used by the step, whose data order
-  is the stream; it is kept so that ``StepConfig(batch, steps_per_epoch, augment, dtype)``
-  still builds one.
   """
 
   global_batch: int
-  steps_per_epoch: int
   augment: str
   dtype: Any
   first_step: int = 0

@@ -109,10 +109,9 @@ class BatchScaledSchedule:
 # Resolving the config against the data and the devices (all before any compilation).
 
 
-def resolve_steps(config: Config, train_size: int) -> tuple[int, int]:
-  """(total_steps, whole batches per epoch in the first phase); see `resolve_phases`."""
-  phases, total_steps = resolve_phases(config, train_size)
-  return total_steps, train_size // phases[0].batch_size
+def resolve_steps(config: Config, train_size: int) -> int:
+  """The run's number of optimizer steps over all its batch phases (`resolve_phases`)."""
+  return resolve_phases(config, train_size)[1]
 
 
 def build_schedules(config: Config, total_steps: int
@@ -387,7 +386,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
       ph = p.phases[phase]
       train_steps[phase] = parallel.make_train_steps(
           model, p.tx, mesh, parallel.StepConfig(
-              ph.batch_size, train_size // ph.batch_size, config.augment, dtype,
+              ph.batch_size, config.augment, dtype,
               first_step=ph.first_step, first_example=ph.first_example), step_key)
     return train_steps[phase]
 

@@ -106,12 +106,12 @@ def test_flops_per_step_counts_every_device(quick_report):
   row = quick_report[0]['results'][0]
   config = Config(model='resnet8', batch_size=16, dataset='synthetic', lr=0.8)
   model = models.create_model('resnet8', num_classes=10, bn_momentum=config.bn_momentum)
-  total_steps, steps_per_epoch = train.resolve_steps(config, 256)
+  total_steps = train.resolve_steps(config, 256)
   tx = train.build_optimizer(config, *train.build_schedules(config, total_steps))
   mesh = parallel.make_mesh(jax.devices()[:1])
   state = train.create_state(model, tx, mesh, jax.random.key(0), 16)
   step = parallel.make_train_steps(
-      model, tx, mesh, parallel.StepConfig(16, steps_per_epoch, 'flip', jnp.float32),
+      model, tx, mesh, parallel.StepConfig(16, 'flip', jnp.float32),
       jax.random.key(1))
   ds = data.load('synthetic', synthetic_size=(256, 64))
   args = [parallel.put_replicated(mesh, a) for a in (
