@@ -23,6 +23,7 @@ import typing
 from typing import Any
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from experiments import presets
 from experiments.config import Config
@@ -75,7 +76,11 @@ def config_from_flags(defaults: dict[str, Any] | None = None) -> Config:
 
 def initialize() -> None:
   """Logging, and the multi-host runtime with --distributed (call in main, after parsing)."""
-  logging.getLogger().setLevel(logging.INFO)
+  # Our own progress at INFO; the libraries' INFO chatter (Orbax logs every save through
+  # absl) only when asked for with --verbosity.
+  logging.getLogger('experiments').setLevel(logging.INFO)
+  if not flags.FLAGS['verbosity'].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
   if _DISTRIBUTED.value:
     import jax
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
