@@ -487,9 +487,10 @@ def describe(schedule: Schedule, total_steps: int | None = None) -> str:
   for i, (step, value) in enumerate(zip(steps, rows, strict=True)):
     if i + 1 < len(steps):
       length = str(steps[i + 1] - step)
+    elif step == schedule.total_steps:
+      length = 'end (holds)'
     elif step == end:
-      held = schedule.total_steps is not None and step >= schedule.total_steps
-      length = 'end (holds)' if held else 'end'
+      length = 'end of run'
     else:
       length = '-'
     table.append((str(step), _format(value), length))

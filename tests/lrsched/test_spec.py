@@ -37,9 +37,13 @@ EXAMPLES = [
     'cyclic_momentum(base_momentum=0.85, max_momentum=0.95, step_size_up=50)',
     'one_cycle(max_lr=0.8, total_steps=200)',
     'one_cycle_momentum(total_steps=200)',
-    'super_convergence(max_lr=3.0, total_steps=200)',
-    'smith_one_cycle(max_lr=0.8, total_steps=200)',
+    'super_convergence(base_lr=0.1, max_lr=3.0, step_size=100)',
+    'smith_one_cycle(base_lr=0.08, max_lr=0.8, total_steps=200)',
+    'smith_one_cycle_momentum(total_steps=200, step_size=90)',
+    'caffe_one_cycle(base_lr=0.08, max_lr=0.8, total_steps=200, annihilation=1e-3)',
     'fastai_one_cycle(max_lr=0.8, total_steps=200)',
+    'fastai_one_cycle_momentum(total_steps=200, pct_start=0.3)',
+    'log_linear(1e-5, 10.0, 100)',
 ]
 
 
@@ -369,10 +373,10 @@ def test_describe_multistep():
 def test_describe_with_a_run_length():
   lines = spec.describe(lrsched.multistep(0.1, milestones=(30, 60)), total_steps=40).splitlines()
   assert [line.split() for line in lines[2:]] == [['0', '0.1', '30'], ['30', '0.01', '10'],
-                                                  ['40', '0.01', 'end']]
+                                                  ['40', '0.01', 'end', 'of', 'run']]
   lines = spec.describe(lrsched.cosine(0.1, 100), total_steps=150).splitlines()
   assert [line.split() for line in lines[2:]] == [['0', '0.1', '100'], ['100', '0', '50'],
-                                                  ['150', '0', 'end', '(holds)']]
+                                                  ['150', '0', 'end', 'of', 'run']]
 
 
 def test_describe_a_schedule_that_never_ends():
