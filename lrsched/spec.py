@@ -464,9 +464,11 @@ def describe(schedule: Schedule, total_steps: int | None = None) -> str:
   """A small table of the schedule's phases: where each starts, its value and length.
 
   A row for step 0, for each of ``schedule.boundaries`` and for the end: the schedule's
-  own ``total_steps`` or, if given, the ``total_steps`` argument (the length of a run),
-  which also drops the boundaries after it. Periodic schedules list their first period;
-  their arguments give a line with the period.
+  own ``total_steps`` ("end (holds)": the value stays from there on) and, if given, the
+  ``total_steps`` argument ("end of run"), which also drops the boundaries after it.
+  Periodic schedules list their first period; when their arguments say they are cyclic
+  (CLR's ``step_size_up``/``step_size_down``, SGDR's ``t0``/``t_mult``), a last line gives
+  the period.
 
   Args:
     schedule: a `lrsched.Schedule`.
