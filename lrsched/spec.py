@@ -433,19 +433,28 @@ def from_json(text: str) -> Schedule:
 
 # Argument names by which a schedule says it is periodic (the CLR and SGDR conventions).
 _HALF_CYCLE_UP, _HALF_CYCLE_DOWN = 'step_size_up', 'step_size_down'
+_CLR_BOUNDS = (('base_lr', 'max_lr'), ('base_momentum', 'max_momentum'))
+
+
+def _is_steps(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _period(schedule: Schedule) -> str | None:
   """A line on the schedule's period, when its arguments say it is cyclic."""
   a = schedule.arguments
-  if isinstance(a.get(_HALF_CYCLE_UP), int):
-    down = a.get(_HALF_CYCLE_DOWN)
-    down = a[_HALF_CYCLE_UP] if down is None else down
-    if isinstance(down, int):
-      return (f'period: {a[_HALF_CYCLE_UP] + down} steps ({a[_HALF_CYCLE_UP]} up, '
-              f'{down} down)')
+  up, down = a.get(_HALF_CYCLE_UP), a.get(_HALF_CYCLE_DOWN)
+  # Smith's CLR names a half cycle `step_size`; a schedule between two bounds that never
+  # ends repeats it (one with a length, such as a 1cycle, does not).
+  if (up is None and schedule.total_steps is None
+      and any(low in a and high in a for low, high in _CLR_BOUNDS)):
+    up = a.get('step_size')
+  if _is_steps(up):
+    down = up if down is None else down
+    if _is_steps(down):
+      return f'period: {up + down} steps ({up} up, {down} down)'
   for key in ('period', 'cycle_steps', 'cycle_length', 't0', 't_0', 'first_period'):
-    if isinstance(a.get(key), int) and not isinstance(a.get(key), bool):
+    if _is_steps(a.get(key)):
       mult = a.get('t_mult', a.get('period_mult', a.get('cycle_mult', 1)))
       grows = (f', x{mult:g} after each restart'
                if _base.is_python_number(mult) and mult != 1 else '')

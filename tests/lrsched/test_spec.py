@@ -391,11 +391,22 @@ def test_describe_gives_the_period_of_cyclic_schedules():
   assert [line.split()[:2] for line in text.splitlines()[2:4]] == [['0', '0.1'], ['10', '0.1']]
 
 
-def test_describe_gives_the_period_of_clr():
-  _skip_unregistered('triangular(0.1, 1.0, 25)')
-  text = spec.describe(spec.parse('cyclic(base_lr=0.1, max_lr=3.0, step_size_up=50)'))
-  assert text.splitlines()[-1] == '  period: 100 steps (50 up, 50 down)'
-  assert '  50    3' in text
+@pytest.mark.parametrize('text, period', [
+    ('cyclic(base_lr=0.1, max_lr=3.0, step_size_up=50)', '100 steps (50 up, 50 down)'),
+    ('cyclic(0.1, 3.0, step_size_up=20, step_size_down=30)', '50 steps (20 up, 30 down)'),
+    ('cyclic_momentum(0.85, 0.95, step_size_up=50)', '100 steps (50 up, 50 down)'),
+    ('triangular(0.1, 3.0, 25)', '50 steps (25 up, 25 down)'),
+    ('exp_range(0.1, 3.0, 25, 0.99)', '50 steps (25 up, 25 down)'),
+    ('super_convergence(0.1, 3.0, 25)', None),  # One cycle, then holds.
+    ('step_decay(0.1, 25)', None),
+])
+def test_describe_gives_the_period_of_clr(text, period):
+  _skip_unregistered(text)
+  lines = spec.describe(spec.parse(text)).splitlines()
+  if period is None:
+    assert not any('period' in line for line in lines)
+  else:
+    assert lines[-1] == f'  period: {period}'
 
 
 def test_describe_array_hyper_parameters():
