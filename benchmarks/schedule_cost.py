@@ -1,20 +1,24 @@
 """What does evaluating a schedule cost inside a jitted Optax update?
 
-For each lrsched schedule (and Optax's own schedule of the same family, where there is
-one) this times ``optax.inject_hyperparams(optax.sgd)(learning_rate=schedule,
-momentum=0.9)`` updating a parameter pytree, K updates inside one jitted ``lax.fori_loop``
-so that dispatch does not dominate, and reports microseconds per update and the overhead
-against a constant learning rate. Repeats are interleaved across schedules (round robin),
-so that drift in the machine's speed falls on every schedule alike; the median is reported.
+Each registered lrsched schedule (and Optax's own schedule of the same family, where there
+is one) drives ``optax.inject_hyperparams(optax.sgd)(learning_rate=..., momentum=0.9)``
+(a momentum schedule drives ``momentum=`` instead) on a parameter pytree. K updates run
+inside one jitted ``lax.fori_loop``, so that dispatch does not dominate. After a warm-up
+call, repeats are interleaved across schedules (round robin), so that drift in the
+machine's speed falls on every schedule alike, and the median is reported in µs per update
+with the overhead against a plain float learning rate (no schedule). For each Optax pair,
+the largest difference between the two schedules over the first T steps says how alike
+they are.
 
-  python benchmarks/schedule_cost.py                 # ~1M parameters, prints a table
-  python benchmarks/schedule_cost.py --json out.json --params 10000000
+  python benchmarks/schedule_cost.py                 # 1M parameters, prints a table
+  python benchmarks/schedule_cost.py --params 10000000 --json cost.json
   python benchmarks/schedule_cost.py --quick         # a few seconds (used by the tests)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import platform
@@ -27,80 +31,135 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import lrsched
 
-T = 10_000  # the length of the finite schedules
+T = 10_000  # The length of the finite schedules.
+
+# (lrsched spec, hyper-parameter it drives, Optax's schedule of the same family or None).
+# Every registered schedule should have a row: the ones without are listed in the report.
+CASES: list[tuple[str, str, Callable[[], optax.Schedule] | None]] = [
+    ('constant(0.1)', 'learning_rate', lambda: optax.constant_schedule(0.1)),
+    (f'linear(0.1, 0.0, {T})', 'learning_rate', lambda: optax.linear_schedule(0.1, 0.0, T)),
+    (f'log_linear(1e-5, 10.0, {T})', 'learning_rate', None),
+    ('step_decay(0.1, step_size=3000, gamma=0.1)', 'learning_rate',
+     lambda: optax.exponential_decay(0.1, 3000, 0.1, staircase=True)),
+    ('multistep(0.35, milestones=[5000, 7000])', 'learning_rate',
+     lambda: optax.piecewise_constant_schedule(0.35, {5000: 0.1, 7000: 0.1})),
+    ('exponential(0.1, gamma=0.9999)', 'learning_rate',
+     lambda: optax.exponential_decay(0.1, 1, 0.9999)),
+    ('inverse_time(0.1, decay_rate=1e-3)', 'learning_rate', None),
+    (f'polynomial(0.1, {T}, power=2.0)', 'learning_rate',
+     lambda: optax.polynomial_schedule(0.1, 0.0, 2.0, T)),
+    (f'cosine(0.1, {T})', 'learning_rate', lambda: optax.cosine_decay_schedule(0.1, T)),
+    ('sgdr(max_lr=0.1, t0=1000, t_mult=2)', 'learning_rate', lambda: optax.sgdr_schedule(
+        [{'init_value': 0.1, 'peak_value': 0.1, 'warmup_steps': 0,
+          'decay_steps': 1000 * 2**i} for i in range(4)])),
+    (f'warmup(cosine(0.1, {T}), warmup_steps=500)', 'learning_rate',
+     lambda: optax.warmup_cosine_decay_schedule(0.0, 0.1, 500, T + 500)),
+    (f'sequence([linear(0.0, 0.1, 500), cosine(0.1, {T})], durations=[500])', 'learning_rate',
+     lambda: optax.join_schedules(
+         [optax.linear_schedule(0.0, 0.1, 500), optax.cosine_decay_schedule(0.1, T)], [500])),
+    ('cyclic(base_lr=0.1, max_lr=3.0, step_size_up=2000)', 'learning_rate', None),
+    ('triangular(0.1, 3.0, 2000)', 'learning_rate', None),
+    ('triangular2(0.1, 3.0, 2000)', 'learning_rate', None),
+    ('exp_range(0.1, 3.0, 2000, gamma=0.9999)', 'learning_rate', None),
+    ('cyclic_momentum(0.85, 0.95, step_size_up=2000)', 'momentum', None),
+    (f'one_cycle(max_lr=0.8, total_steps={T})', 'learning_rate',
+     lambda: optax.cosine_onecycle_schedule(T, 0.8)),
+    (f'one_cycle(max_lr=0.8, total_steps={T}, anneal="linear")', 'learning_rate',
+     lambda: optax.linear_onecycle_schedule(T, 0.8, pct_final=1.0)),
+    (f'one_cycle_momentum(total_steps={T})', 'momentum', None),
+    ('super_convergence(0.1, 3.0, 5000)', 'learning_rate', None),
+    (f'smith_one_cycle(0.08, 0.8, {T})', 'learning_rate', None),
+    (f'smith_one_cycle_momentum({T})', 'momentum', None),
+    (f'caffe_one_cycle(0.08, 0.8, {T})', 'learning_rate', None),
+    (f'fastai_one_cycle(0.8, {T})', 'learning_rate', None),
+    (f'fastai_one_cycle_momentum({T})', 'momentum', None),
+]
 
 
-def cases() -> list[tuple[str, str, Callable[[Any], Any]]]:
-  """(family, implementation, schedule) for every schedule timed."""
-  lr = lrsched
-  return [
-      ('constant', 'lrsched', lr.constant(0.1)),
-      ('constant', 'optax', optax.constant_schedule(0.1)),
-      ('cosine', 'lrsched', lr.cosine(0.1, T)),
-      ('cosine', 'optax', optax.cosine_decay_schedule(0.1, T)),
-      ('exponential', 'lrsched', lr.exponential(0.1, gamma=0.9999)),
-      ('exponential', 'optax', optax.exponential_decay(0.1, 1, 0.9999)),
-      ('multistep', 'lrsched', lr.multistep(0.35, milestones=[5000, 7000])),
-      ('multistep', 'optax',
-       optax.piecewise_constant_schedule(0.35, {5000: 0.1, 7000: 0.1})),
-      ('polynomial', 'lrsched', lr.polynomial(0.1, T, power=2.0)),
-      ('polynomial', 'optax', optax.polynomial_schedule(0.1, 0.0, 2.0, T)),
-      ('warmup + cosine', 'lrsched', lr.warmup(lr.cosine(0.1, T), warmup_steps=500)),
-      ('warmup + cosine', 'optax', optax.warmup_cosine_decay_schedule(0.0, 0.1, 500, T + 500)),
-      ('1cycle', 'lrsched', lr.one_cycle(max_lr=0.8, total_steps=T)),
-      ('1cycle', 'optax', optax.cosine_onecycle_schedule(T, 0.8)),
-      ('sgdr', 'lrsched', lr.sgdr(max_lr=0.1, t0=1000, t_mult=2)),
-      ('sgdr', 'optax', optax.sgdr_schedule(
-          [dict(init_value=0.0, peak_value=0.1, warmup_steps=0, decay_steps=1000 * 2**i)
-           for i in range(4)])),
-      ('triangular (CLR)', 'lrsched', lr.triangular(0.1, 3.0, 5000)),
-      ('exp_range (CLR)', 'lrsched', lr.exp_range(0.1, 3.0, 2000, gamma=0.9999)),
-      ('super_convergence', 'lrsched', lr.super_convergence(0.1, 3.0, 5000)),
-      ('smith_one_cycle', 'lrsched', lr.smith_one_cycle(0.08, 0.8, T)),
-  ]
+@dataclasses.dataclass
+class Case:
+  label: str
+  impl: str  # 'float' (the baseline), 'lrsched' or 'optax'.
+  hyperparam: str
+  schedule: Any  # A float for the baseline.
+  max_abs_diff: float | None = None  # Against the lrsched schedule of the same row.
+  times: list[float] = dataclasses.field(default_factory=list)
+  compile_s: float = 0.0
 
 
-def make_update(schedule, params: Any, k: int):
-  """A jitted function running k SGD-momentum updates whose LR follows ``schedule``."""
-  tx = optax.inject_hyperparams(optax.sgd)(learning_rate=schedule, momentum=0.9)
+def cases() -> tuple[list[Case], list[str]]:
+  """The cases to time, and the registered schedules that no row of CASES times."""
+  out = [Case('no schedule (float lr, momentum)', 'float', 'learning_rate', 0.1)]
+  timed = set()
+  steps = jnp.arange(T)
+  for text, hyperparam, reference in CASES:
+    try:
+      schedule = lrsched.parse(text)
+    except ValueError as e:
+      if 'unknown schedule' not in str(e):
+        raise  # A row that no longer fits its constructor is a bug in this file.
+      continue  # A schedule that this version of lrsched does not have.
+    timed.add(schedule.name)
+    out.append(Case(text, 'lrsched', hyperparam, schedule))
+    if reference is not None:
+      theirs = reference()
+      # vmap: not every Optax schedule takes an array of steps.
+      diff = np.abs(np.asarray(schedule(steps)) - np.asarray(jax.vmap(theirs)(steps)))
+      out.append(Case(text, 'optax', hyperparam, theirs, max_abs_diff=float(np.max(diff))))
+  return out, sorted(set(lrsched.REGISTRY) - timed)
+
+
+def make_update(case: Case, params: Any, k: int) -> tuple[Callable[..., Any], Any]:
+  """A jitted function running k SGD-momentum updates driven by the case's schedule."""
+  hyperparams = {'learning_rate': 0.1, 'momentum': 0.9, case.hyperparam: case.schedule}
+  tx = optax.inject_hyperparams(optax.sgd)(**hyperparams)
 
   @jax.jit
   def run(params, opt_state):
-    def body(i, carry):
+    def body(_, carry):
       params, opt_state = carry
-      grads = jax.tree.map(lambda p: p * 1e-3, params)  # cheap, data-dependent "gradient"
+      grads = jax.tree.map(lambda p: p * 1e-3, params)  # Cheap, but depends on the params.
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state
+
     return jax.lax.fori_loop(0, k, body, (params, opt_state))
 
   return run, tx.init(params)
 
 
-def measure(num_params: int, k: int, repeats: int) -> list[dict[str, Any]]:
-  params = {'w': jnp.ones((num_params // 2,), jnp.float32),
-            'b': jnp.ones((num_params - num_params // 2,), jnp.float32)}
+def measure(num_params: int, k: int, repeats: int) -> tuple[list[dict[str, Any]], list[str]]:
+  """Times every case; returns the result rows and the schedules left untimed."""
+  # A small pytree of three leaves, num_params float32s in all.
+  n = max(num_params // 2, 1)
+  params = {'w': jnp.ones((n,), jnp.float32), 'v': jnp.ones((num_params - n - 1,), jnp.float32),
+            'b': jnp.ones((1,), jnp.float32)}
+  todo, untimed = cases()
   runs = []
-  for family, impl, schedule in cases():
-    run, state = make_update(schedule, params, k)
-    jax.block_until_ready(run(params, state))  # compile and warm up
-    runs.append(dict(family=family, impl=impl, run=run, state=state, times=[]))
+  for case in todo:
+    run, state = make_update(case, params, k)
+    start = time.perf_counter()
+    jax.block_until_ready(run(params, state))  # Compile and warm up.
+    case.compile_s = time.perf_counter() - start
+    runs.append((case, run, state))
   for _ in range(repeats):
-    for r in runs:  # round robin: drift affects every schedule alike
+    for case, run, state in runs:  # Round robin: drift affects every schedule alike.
       start = time.perf_counter()
-      jax.block_until_ready(r['run'](params, r['state']))
-      r['times'].append((time.perf_counter() - start) / k * 1e6)
-  base = statistics.median(next(r for r in runs if r['family'] == 'constant'
-                                and r['impl'] == 'lrsched')['times'])
-  results = []
-  for r in runs:
-    us = statistics.median(r['times'])
-    results.append(dict(family=r['family'], impl=r['impl'], us_per_update=us,
-                        overhead_us=us - base, overhead_pct=100 * (us - base) / base))
-  return results
+      jax.block_until_ready(run(params, state))
+      case.times.append((time.perf_counter() - start) / k * 1e6)
+  base = statistics.median(todo[0].times)
+  rows = []
+  for case in todo:
+    us = statistics.median(case.times)
+    rows.append({'schedule': case.label, 'impl': case.impl, 'hyperparam': case.hyperparam,
+                 'us_per_update': us, 'overhead_us': us - base,
+                 'overhead_pct': 100 * (us - base) / base, 'compile_s': case.compile_s,
+                 'max_abs_diff_vs_lrsched': case.max_abs_diff})
+  return rows, untimed
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,47 +169,53 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
   except (OSError, subprocess.CalledProcessError):
     commit = None
   device = jax.devices()[0]
-  return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-              device_kind=device.device_kind, platform=device.platform,
-              device_count=jax.device_count(), cpu=platform.processor() or platform.machine(),
-              jax=jax.__version__, optax=optax.__version__, commit=commit,
-              params=args.params, updates_per_call=args.k, repeats=args.repeats,
-              command=' '.join(sys.argv))
+  return {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+          'device_kind': device.device_kind, 'platform': device.platform,
+          'device_count': jax.device_count(), 'cpu': platform.processor() or platform.machine(),
+          'jax': jax.__version__, 'optax': optax.__version__, 'lrsched': lrsched.__version__,
+          'commit': commit, 'params': args.params, 'updates_per_call': args.k,
+          'repeats': args.repeats, 'T': T, 'command': ' '.join(sys.argv)}
 
 
-def markdown(results: list[dict[str, Any]]) -> str:
-  lines = ['| schedule | implementation | µs / update | overhead vs constant |',
-           '|---|---|---:|---:|']
-  for r in results:
-    lines.append(f"| {r['family']} | {r['impl']} | {r['us_per_update']:.2f} | "
-                 f"{r['overhead_us']:+.2f} µs ({r['overhead_pct']:+.1f}%) |")
+def markdown(rows: list[dict[str, Any]]) -> str:
+  lines = ['| schedule | impl | drives | µs / update | overhead vs no schedule | '
+           'max abs diff vs lrsched |', '|---|---|---|---:|---:|---:|']
+  for r in rows:
+    diff = r['max_abs_diff_vs_lrsched']
+    lines.append(f"| `{r['schedule']}` | {r['impl']} | {r['hyperparam']} | "
+                 f"{r['us_per_update']:.2f} | {r['overhead_us']:+.2f} µs "
+                 f"({r['overhead_pct']:+.1f}%) | {'' if diff is None else f'{diff:.2g}'} |")
   return '\n'.join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.split('\n\n')[0].replace('\n', ' '),
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--params', type=int, default=1_000_000,
-                      help='parameters updated per step (default: %(default)s)')
-  parser.add_argument('--k', type=int, default=200,
-                      help='updates inside one jitted call (default: %(default)s)')
-  parser.add_argument('--repeats', type=int, default=15,
-                      help='timed calls per schedule (default: %(default)s)')
-  parser.add_argument('--quick', action='store_true', help='tiny sizes, for the tests')
+                      help='number of float32 parameters updated per step')
+  parser.add_argument('--k', type=int, default=200, help='updates inside one jitted call')
+  parser.add_argument('--repeats', type=int, default=15, help='timed calls per schedule')
+  parser.add_argument('--quick', action='store_true',
+                      help='tiny sizes (1000 params, k=5, 2 repeats): checks that it runs')
   parser.add_argument('--json', metavar='PATH', help='also write the results as JSON')
   args = parser.parse_args(argv)
   if args.quick:
     args.params, args.k, args.repeats = 1000, 5, 2
-  if min(args.params, args.k, args.repeats) < 1:
-    parser.error('--params, --k and --repeats must be >= 1')
+  if args.params < 3 or min(args.k, args.repeats) < 1:
+    parser.error('--params must be >= 3, --k and --repeats >= 1')
   env = environment(args)
-  results = measure(args.params, args.k, args.repeats)
-  print(f"{env['date']}  {env['device_kind']} x{env['device_count']}  jax {env['jax']}  "
-        f"optax {env['optax']}  commit {env['commit']}  {args.params:,} params, "
-        f"{args.k} updates per call, median of {args.repeats}")
-  print(markdown(results))
+  rows, untimed = measure(args.params, args.k, args.repeats)
+  print(f"{env['date']}  {env['device_kind']} ({env['platform']}) x{env['device_count']}  "
+        f"jax {env['jax']}  optax {env['optax']}  commit {env['commit']}")
+  print(f'{args.params:,} params, {args.k} updates per jitted call, median of {args.repeats} '
+        'calls after a warm-up\n')
+  print(markdown(rows))
+  if untimed:
+    print(f'\nregistered but not timed (add a row to CASES): {", ".join(untimed)}')
   if args.json:
     with open(args.json, 'w') as f:
-      json.dump(dict(environment=env, results=results), f, indent=2)
+      json.dump({'environment': env, 'results': rows, 'untimed': untimed}, f, indent=2)
   return 0
 
 
