@@ -6,7 +6,8 @@ From the command line::
       --momentum 'one_cycle_momentum' --log
 
 The spec is read by `lrsched.parse` with ``total_steps=--steps`` as context, so a spec
-may leave the length of the run out. From Python, `plot_schedules` draws on any
+may leave the length of the run out; ``--momentum auto`` draws the momentum that goes with
+the LR schedule (`lrsched.momentum_for`). From Python, `plot_schedules` draws on any
 Matplotlib axes.
 
 Matplotlib is an optional dependency: ``pip install 'lrsched[plot]'``. It is imported
@@ -20,12 +21,14 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lrsched import _base
 from lrsched import spec as spec_lib
 from lrsched._base import Schedule
+from lrsched.momentum import momentum_for
 
 INSTALL_HINT = "plotting needs matplotlib: pip install 'lrsched[plot]'"
 
@@ -84,9 +87,10 @@ def plot_schedules(schedules: AnySchedule | Sequence[AnySchedule] | Mapping[str,
     _, ax = plt.subplots()
   x = np.arange(steps)
   for label, schedule in items:
-    values = np.asarray(schedule(jnp.arange(steps)))
-    ax.plot(x, np.broadcast_to(values, x.shape) if values.ndim == 0 else values, label=label,
-            **plot_kwargs)
+    # vmap over the steps: not every optax.Schedule takes an array of steps, and array
+    # hyper-parameters (a sweep) give one line each instead of broadcasting with the steps.
+    values = np.asarray(jax.vmap(schedule)(jnp.arange(steps)))
+    ax.plot(x, values, label=label, **plot_kwargs)
   if boundaries and len(items) == 1 and isinstance(items[0][1], Schedule):
     for b in items[0][1].boundaries:
       if 0 < b < steps:
@@ -128,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
       description='Plot a learning-rate schedule (and optionally a momentum schedule) '
                   'against the step.',
       epilog=f"example: python -m lrsched.plot '1cycle(max_lr=0.8)' --steps 10000 -o lr.png "
-             f"--momentum one_cycle_momentum\n\nschedules: {names}\naliases: {aliases}",
+             f"--momentum auto\n\nschedules: {names}\naliases: {aliases}",
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('spec', metavar='SPEC',
                       help="the LR schedule, e.g. 'cosine(lr=0.1)' or "
@@ -139,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('-o', '--output', required=True, metavar='PATH',
                       help='the image to write (PNG; .pdf and .svg work too)')
   parser.add_argument('--momentum', metavar='SPEC',
-                      help='a momentum schedule, drawn in a second panel')
+                      help="a momentum schedule, drawn in a second panel; 'auto' draws the "
+                           'cyclical momentum that goes with SPEC (lrsched.momentum_for)')
   parser.add_argument('--log', action='store_true', help='a log scale for the learning rate')
   parser.add_argument('--dpi', type=int, default=150, help='resolution (default: %(default)s)')
   return parser
@@ -158,11 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
   schedules = {}
   for option, text in (('SPEC', args.spec), ('--momentum', args.momentum)):
-    if text is not None:
-      try:
+    try:
+      if text == 'auto' and option == '--momentum':
+        schedules[option] = momentum_for(schedules['SPEC'])
+      elif text is not None:
         schedules[option] = spec_lib.parse(text, total_steps=args.steps)
-      except ValueError as e:
-        parser.error(f'bad {option}: {e}')
+    except ValueError as e:
+      parser.error(f'bad {option}: {e}')
   figure = _figure(schedules['SPEC'], schedules.get('--momentum'), args.steps, args.log)
   try:
     figure.savefig(args.output, dpi=args.dpi)

@@ -4,6 +4,9 @@ import builtins
 import subprocess
 import sys
 
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
 import lrsched
@@ -33,15 +36,51 @@ def test_lr_and_momentum_with_run_length_filled_in(tmp_path):
   _assert_png(out)
 
 
+def test_momentum_auto_is_the_partner_of_the_lr(tmp_path, capsys):
+  out = tmp_path / 'auto.png'
+  assert plot.main(['clr(0.1, 1.0, 25)', '--steps', '100', '--momentum', 'auto',
+                    '-o', str(out)]) == 0
+  _assert_png(out)
+  assert 'cyclic_momentum(base_momentum=0.85, max_momentum=0.95, step_size_up=25' in (
+      capsys.readouterr().out)
+  with pytest.raises(SystemExit) as info:
+    plot.main(['cosine(0.1)', '--steps', '100', '--momentum', 'auto', '-o', str(out)])
+  assert info.value.code == 2
+  assert 'bad --momentum: momentum_for: no cyclical momentum' in capsys.readouterr().err
+
+
 def test_plot_schedules_on_given_axes():
   matplotlib = pytest.importorskip('matplotlib')
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
   _, ax = plt.subplots()
-  plot.plot_schedules({'a': lrsched.cosine(0.1, 100), 'b': lrsched.constant(0.05)}, 120, ax)
-  assert len(ax.get_lines()) == 2 and ax.get_legend() is not None
+  schedules = {'a': lrsched.cosine(0.1, 100), 'b': lrsched.constant(0.05),
+               # An Optax schedule that takes scalar steps only.
+               'c': optax.piecewise_constant_schedule(0.1, {50: 0.5})}
+  assert plot.plot_schedules(schedules, 120, ax) is ax
+  lines = ax.get_lines()
+  assert [line.get_label() for line in lines] == ['a', 'b', 'c']
+  np.testing.assert_allclose(lines[0].get_ydata(), lrsched.cosine(0.1, 100)(jnp.arange(120)))
+  np.testing.assert_allclose(lines[2].get_ydata(), [0.1] * 50 + [0.05] * 70)
+  assert ax.get_legend() is not None
+  # A sweep over a hyper-parameter draws one line per value; no axes: a new figure.
+  ax = plot.plot_schedules(lrsched.cosine(jnp.array([0.1, 0.2, 0.3]), 10), 10, log=True)
+  assert len(ax.get_lines()) == 3 and ax.get_yscale() == 'log'
   plt.close('all')
+
+
+def test_help_and_bad_options(capsys):
+  with pytest.raises(SystemExit) as info:
+    plot.main(['--help'])
+  assert info.value.code == 0
+  assert '--momentum SPEC' in capsys.readouterr().out
+  for argv in (['constant(0.1)', '--steps', '0', '-o', 'x.png'],
+               ['constant(0.1)', '-o', 'x.png'],
+               ['constant(0.1)', '--steps', '10', '-o', 'x.png', '--momentum', 'fixed(']):
+    with pytest.raises(SystemExit) as info:
+      plot.main(argv)
+    assert info.value.code == 2
 
 
 def test_without_matplotlib_prints_the_install_hint(tmp_path, monkeypatch, capsys):
