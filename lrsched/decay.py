@@ -27,7 +27,7 @@ def constant(lr: Numeric) -> Shape:
     lr: the learning rate, >= 0.
   """
   _base.check_lr('constant', 'lr', lr)
-  return Shape(lambda step: jnp.full(jnp.shape(step), lr, dtype=jnp.result_type(float, lr)))
+  return Shape(lambda step: lr + jnp.zeros(jnp.shape(step), jnp.result_type(float, lr)))
 
 
 @_base.register

@@ -28,6 +28,7 @@ from lrsched import _base, cyclical
 from lrsched._base import Numeric, Shape
 
 ANNEALS = ('cos', 'linear')
+_F32_TINY = float(np.finfo(np.float32).tiny)
 
 SMITH_STEP_FRACTION = 0.45
 """Default ``step_size`` of Smith's 1cycle as a fraction of ``total_steps``: the cycle takes
@@ -90,8 +91,13 @@ def _phase_value(step: jax.Array, start: float, end: float, kind: str, first: An
     # Only the last phase gets here with zero length (`_phases` skips the others): the
     # value is its end, the limit of PyTorch's value as the phase shrinks to nothing.
     return _full(last, step)
-  done = jnp.clip(_offset(step, start) / length, 0.0, 1.0)
-  left = jnp.clip(-_offset(step, end) / length, 0.0, 1.0)
+  # The length floored at float32's smallest normal: a phase of, say, 1e-40 steps (a tiny
+  # pct_start) is a denormal in float32, which XLA flushes to zero (0/0 = NaN).
+  done = jnp.clip(_offset(step, start) / max(length, _F32_TINY), 0.0, 1.0)
+  if length < 1:  # at most one step inside: no accuracy to gain from the far end
+    left = 1.0 - done
+  else:
+    left = jnp.clip(-_offset(step, end) / length, 0.0, 1.0)
   return _anneal(kind, first, last, done, left)
 
 

@@ -314,3 +314,11 @@ def test_works_inside_inject_hyperparams():
 def test_bad_arguments_raise(build, match):
   with pytest.raises(ValueError, match=match):
     build()
+
+
+def test_array_hyper_parameters_with_a_scalar_step():
+  # A sweep may pass an array of learning rates and evaluate one step for all of them.
+  lrs = jnp.array([0.1, 0.2, 0.4])
+  np.testing.assert_allclose(lrsched.constant(lrs)(3), lrs)
+  np.testing.assert_allclose(lrsched.cosine(lrs, 10)(0), lrs)
+  np.testing.assert_allclose(lrsched.step_decay(lrs, step_size=2, gamma=0.5)(2), lrs / 2)

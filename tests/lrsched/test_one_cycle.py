@@ -484,3 +484,19 @@ def test_all_constructors_are_registered():
     assert lrsched.REGISTRY[name] is getattr(lrsched, name)
   for a, b in itertools.combinations(names, 2):
     assert lrsched.REGISTRY[a] is not lrsched.REGISTRY[b]
+
+
+@pytest.mark.parametrize('pct', [5e-324, 1e-40, 1e-20, 1e-8])
+@pytest.mark.parametrize('build', [
+    lambda pct: lrsched.fastai_one_cycle_momentum(1, 0.85, 0.95, pct),
+    lambda pct: lrsched.fastai_one_cycle(1.0, 1, pct),
+    lambda pct: lrsched.fastai_one_cycle(1.0, 10, pct),
+    lambda pct: lrsched.one_cycle(1.0, 10, pct_start=pct),
+    lambda pct: lrsched.one_cycle_momentum(10, pct_start=pct, three_phase=True),
+])
+def test_phases_shorter_than_a_float32_normal_stay_finite(build, pct):
+  # A phase of 1e-40 steps is a float32 denormal, which XLA flushes to zero.
+  schedule = build(pct)
+  values = np.asarray(schedule(jnp.arange(12)))
+  assert np.all(np.isfinite(values)) and np.all(values >= 0)
+  np.testing.assert_allclose(values[0], float(schedule(0)), rtol=1e-6)
