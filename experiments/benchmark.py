@@ -308,7 +308,7 @@ class Plan(NamedTuple):
 def plan(settings: Settings, model: str, batch: int, precision: str, schedule: str,
          k: int) -> Plan:
   """Checks one configuration and builds its optimizer; BenchmarkError if it is bad."""
-  from experiments import models, train
+  from experiments import train
   from experiments.config import Config, ConfigError
 
   config = Config(model=model, batch_size=batch, precision=precision, dataset='synthetic',
@@ -316,16 +316,14 @@ def plan(settings: Settings, model: str, batch: int, precision: str, schedule: s
                   momentum=settings.momentum, lr=settings.lr, seed=settings.seed,
                   synthetic_examples=settings.train_examples, steps_per_dispatch=k)
   try:
-    config.validate()
-    models.create_model(model, num_classes=10)
-    # The schedules' length: the trainer's default run (95 epochs) of this training set.
-    total_steps = train.resolve_steps(config, settings.train_examples)
-    lr, momentum = train.build_schedules(config, total_steps)
-    tx = train.build_optimizer(config, lr, momentum)
-  except (ConfigError, ValueError) as e:
+    train.build_model(config)
+    # As the trainer resolves it: the schedules span its default run (95 epochs) of this
+    # training set. The device count is checked when the group runs.
+    resolved = train.plan(config, settings.train_examples, num_devices=1)
+  except ConfigError as e:
     raise BenchmarkError(f'{model} batch {batch} {precision} schedule {schedule!r}: '
                          f'{e}') from None
-  return Plan(config, tx, lr, momentum)
+  return Plan(config, resolved.tx, resolved.lr_schedule, resolved.momentum)
 
 
 @dataclasses.dataclass
@@ -408,7 +406,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
   import jax
   import jax.numpy as jnp
 
-  from experiments import data, models, parallel, train
+  from experiments import data, parallel, train
 
   devices = jax.devices()
   mesh = parallel.make_mesh(devices)
@@ -419,10 +417,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
                         synthetic_size=(settings.train_examples, settings.test_examples))
   base = plan(settings, model_name, batch, precision, settings.schedules[0], 1).config
   local_batch = train.check_devices(base, num_devices)
-  # The model exactly as `train.train_and_evaluate` builds it.
-  model = models.create_model(base.model, num_classes=10, dtype=dtype,
-                              bn_group_size=base.bn_group_size, bn_momentum=base.bn_momentum,
-                              dropout_rate=base.dropout_rate, shortcut=base.shortcut)
+  model = train.build_model(base)  # the trainer's own model builder
   train_args = (parallel.put_replicated(mesh, dataset.train_images),
                 parallel.put_replicated(mesh, dataset.train_labels.astype(np.int32)),
                 parallel.put_replicated(mesh, np.asarray(dataset.mean, np.float32)),
