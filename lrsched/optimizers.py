@@ -47,28 +47,16 @@ _INJECT_STATES = tuple(
 # Argument checks
 
 
-def _reject_str(where: str, name: str, value: Any) -> None:
-  # numpy parses '0.9' as a number; the optimizer would only fail at its first update.
-  if isinstance(value, (str, bytes)):
-    raise _base.fail(where, f'{name} must be a number, got the string {value!r}')
-
-
-def _check_range(where: str, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
-  _reject_str(where, name, value)
-  _base.check_range(where, name, value, *args, **kwargs)
-
-
 def _check_lr(where: str, name: str, value: Any) -> None:
   """A learning rate: a schedule, or a finite number >= 0."""
   if not callable(value):
-    _reject_str(where, name, value)
     _base.check_lr(where, name, value)
 
 
 def _check_rate(where: str, name: str, value: Any) -> None:
   """A momentum or an Adam beta: a schedule, or a number in [0, 1)."""
   if not callable(value):
-    _check_range(where, name, value, 0.0, 1.0, high_open=True)
+    _base.check_range(where, name, value, 0.0, 1.0, high_open=True)
 
 
 def _check_bool(where: str, name: str, value: Any) -> None:
@@ -203,7 +191,7 @@ def sgd(
   where = 'sgd'
   _check_lr(where, 'learning_rate', learning_rate)
   _check_momentum(where, momentum, nesterov)
-  _check_range(where, 'weight_decay', weight_decay, 0.0)
+  _base.check_range(where, 'weight_decay', weight_decay, 0.0)
   _check_bool(where, 'decoupled_weight_decay', decoupled_weight_decay)
   _base.check_choice(where, 'velocity', velocity, ('optax', 'caffe'))
   return optax.inject_hyperparams(_sgd, static_args='weight_decay_mask')(
@@ -245,9 +233,9 @@ def adamw(
   where = 'adamw'
   _check_lr(where, 'learning_rate', learning_rate)
   _check_rate(where, 'b1', b1)
-  _check_range(where, 'b2', b2, 0.0, 1.0, high_open=True)
-  _check_range(where, 'eps', eps, 0.0)
-  _check_range(where, 'weight_decay', weight_decay, 0.0)
+  _base.check_range(where, 'b2', b2, 0.0, 1.0, high_open=True)
+  _base.check_range(where, 'eps', eps, 0.0)
+  _base.check_range(where, 'weight_decay', weight_decay, 0.0)
   return optax.inject_hyperparams(optax.adamw, static_args='mask')(
       learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
       mask=mask)
@@ -307,9 +295,9 @@ def lars(
   where = 'lars'
   _check_lr(where, 'learning_rate', learning_rate)
   _check_momentum(where, momentum, nesterov)
-  _check_range(where, 'weight_decay', weight_decay, 0.0)
-  _check_range(where, 'trust_coefficient', trust_coefficient, 0.0)
-  _check_range(where, 'eps', eps, 0.0)
+  _base.check_range(where, 'weight_decay', weight_decay, 0.0)
+  _base.check_range(where, 'trust_coefficient', trust_coefficient, 0.0)
+  _base.check_range(where, 'eps', eps, 0.0)
   return optax.inject_hyperparams(
       _lars, static_args=('weight_decay_mask', 'trust_ratio_mask'))(
           learning_rate, momentum, weight_decay, trust_coefficient, eps, nesterov=nesterov,
