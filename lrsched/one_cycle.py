@@ -163,6 +163,20 @@ def _torch_ends(total_steps: int, pct_start: float, three_phase: bool) -> list[f
   return [float(pct_start * total_steps) - 1, float(total_steps - 1)]
 
 
+def _torch_one_cycle(total_steps: int, pct_start: float, anneal: str, three_phase: Any,
+                     start: Any, peak: Any, end: Any) -> Shape:
+  """OneCycleLR's phases through the knots start -> peak -> end, or with three phases
+  start -> peak -> start -> end; the value holds from step total_steps - 1."""
+  ends = _torch_ends(total_steps, pct_start, bool(three_phase))
+  values = [start, peak, start, end] if three_phase else [start, peak, end]
+
+  def fn(step):
+    return _phases(jnp.minimum(step, total_steps - 1), ends, values, anneal)
+
+  return Shape(fn, boundaries=_knot_steps(total_steps, ends[:-1], total_steps - 1),
+               total_steps=total_steps)
+
+
 @_base.register
 def one_cycle(max_lr: Numeric, total_steps: int, pct_start: float = 0.3, anneal: str = 'cos',
               div_factor: Numeric = 25.0, final_div_factor: Numeric = 1e4,
@@ -217,17 +231,9 @@ def one_cycle(max_lr: Numeric, total_steps: int, pct_start: float = 0.3, anneal:
   _base.check_range(where, 'final_div_factor', final_div_factor, 1, None,
                     hint='the last LR must not exceed the first')
   _check_bool(where, 'three_phase', three_phase)
-  ends = _torch_ends(total_steps, pct_start, bool(three_phase))
-
-  def fn(step):
-    initial = max_lr / div_factor
-    final = initial / final_div_factor
-    values = ([initial, max_lr, initial, final] if three_phase
-              else [initial, max_lr, final])
-    return _phases(jnp.minimum(step, total_steps - 1), ends, values, anneal)
-
-  return Shape(fn, boundaries=_knot_steps(total_steps, ends[:-1], total_steps - 1),
-               total_steps=total_steps)
+  initial = max_lr / div_factor
+  return _torch_one_cycle(total_steps, pct_start, anneal, three_phase,
+                          initial, max_lr, initial / final_div_factor)
 
 
 @_base.register
@@ -255,15 +261,8 @@ def one_cycle_momentum(total_steps: int, base_momentum: Numeric = 0.85,
   pct_start = _fraction(where, 'pct_start', pct_start)
   _base.check_choice(where, 'anneal', anneal, ANNEALS)
   _check_bool(where, 'three_phase', three_phase)
-  ends = _torch_ends(total_steps, pct_start, bool(three_phase))
-
-  def fn(step):
-    values = ([max_momentum, base_momentum, max_momentum, max_momentum] if three_phase
-              else [max_momentum, base_momentum, max_momentum])
-    return _phases(jnp.minimum(step, total_steps - 1), ends, values, anneal)
-
-  return Shape(fn, boundaries=_knot_steps(total_steps, ends[:-1], total_steps - 1),
-               total_steps=total_steps)
+  return _torch_one_cycle(total_steps, pct_start, anneal, three_phase,
+                          max_momentum, base_momentum, max_momentum)
 
 
 # --------------------------------------------------------------------------------------
