@@ -156,6 +156,45 @@ def test_exp_range_gamma_one_is_triangular():
                              lrsched.triangular(0.1, 1.0, 5)(STEPS), rtol=1e-7)
 
 
+def _exp_range_fraction64(t, step_size, gamma):
+  """PyTorch's exp_range amplitude fraction, in float64 numpy."""
+  t = np.asarray(t, np.float64)
+  cycle = np.floor(1 + t / (2 * step_size))
+  x = np.abs(t / step_size - 2 * cycle + 1)
+  return np.maximum(0, 1 - x) * gamma**t
+
+
+# Steps near 1e5 (where 0.99994**t ~ 2e-3), at and around peaks of step_size=2000.
+LATE_STEPS = np.array([98_000, 98_500, 99_000, 100_001, 101_999, 102_000, 104_000, 105_000])
+
+
+def test_exp_range_keeps_a_python_gamma_in_float64_at_large_steps():
+  # float32(0.99994) is off by 2.2e-8, which gamma**1e5 turns into a 2.3e-3 relative error.
+  gamma, size = 0.99994, 2000
+  fraction = _exp_range_fraction64(LATE_STEPS, size, gamma)
+  np.testing.assert_allclose(lrsched.exp_range(0.0, 1.0, size, gamma)(jnp.asarray(LATE_STEPS)),
+                             fraction, rtol=1e-5)
+  np.testing.assert_allclose(
+      lrsched.cyclic(0.0, 1.0, size, mode='exp_range', gamma=gamma)(jnp.asarray(LATE_STEPS)),
+      fraction, rtol=1e-5)
+
+
+def test_exp_range_momentum_keeps_a_python_gamma_in_float64():
+  # The absolute error of gamma**t is largest near t = -1 / log(gamma) ~ 16.7k steps.
+  gamma, size = 0.99994, 2000
+  steps = np.concatenate([np.arange(14_000, 22_001, 500), LATE_STEPS])
+  expected = 0.95 - 0.1 * _exp_range_fraction64(steps, size, gamma)
+  momentum = lrsched.cyclic_momentum(0.85, 0.95, size, mode='exp_range', gamma=gamma)
+  np.testing.assert_allclose(momentum(jnp.asarray(steps)), expected, rtol=0, atol=2e-7)
+
+
+def test_exp_range_array_gamma_still_works():
+  schedule = lrsched.exp_range(0.0, 1.0, 50, jnp.float32(0.99))
+  np.testing.assert_allclose(schedule(jnp.arange(200)),
+                             _exp_range_fraction64(np.arange(200), 50, float(np.float32(0.99))),
+                             rtol=1e-5, atol=1e-12)
+
+
 def test_scale_fn_out_of_contract_is_clipped():
   schedule = lrsched.cyclic(0.1, 1.0, 4, scale_fn=lambda c: 3.0 - c)  # 2, 1, 0, -1, ...
   values = np.asarray(schedule(jnp.arange(40)))
