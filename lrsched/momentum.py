@@ -25,6 +25,7 @@ def momentum_for(schedule: Schedule, base_momentum: Numeric = 0.85,
   ``super_convergence``                    ``smith_one_cycle_momentum`` over its 2 steps
   ``cyclic`` and its shortcuts             ``cyclic_momentum`` (same half-cycles, mode)
   ``warmup(s)``                            ``max_momentum`` during warmup, then s's partner
+                                         (s's partner alone for 0 warmup steps)
   ``sequence([s1, s2, ...])``              the sequence of the pieces' partners
   ``constant``                             ``constant(max_momentum)``
   =======================================  ==============================================
@@ -64,6 +65,8 @@ def momentum_for(schedule: Schedule, base_momentum: Numeric = 0.85,
     return cyclical.cyclic_momentum(step_size_up=a['step_size'], mode=name,
                                     gamma=a.get('gamma', 1.0), **both)
   if name == 'warmup':
+    if a['warmup_steps'] == 0:  # warmup(s, 0) is s, and sequence takes no 0-step piece.
+      return partner(a['schedule'])
     return compose.sequence([decay.constant(max_momentum), partner(a['schedule'])],
                             durations=[a['warmup_steps']])
   if name == 'sequence':

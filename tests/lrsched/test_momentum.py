@@ -44,6 +44,15 @@ def test_warmup_holds_max_momentum_then_follows_the_inner_partner():
                              rtol=1e-6)
 
 
+def test_zero_warmup_gives_the_inner_partner():
+  # warmup(s, 0) is valid and is s itself; its partner is s's partner, not a 0-step sequence.
+  inner = lrsched.one_cycle(max_lr=1.0, total_steps=100)
+  momentum = lrsched.momentum_for(lrsched.warmup(inner, warmup_steps=0), 0.8, 0.9)
+  expected = lrsched.momentum_for(inner, 0.8, 0.9)
+  assert repr(momentum) == repr(expected)
+  np.testing.assert_array_equal(momentum(jnp.arange(100)), expected(jnp.arange(100)))
+
+
 def test_sequence_chains_the_partners():
   pieces = [lrsched.triangular(0.1, 1.0, 10), lrsched.triangular(0.01, 0.1, 5)]
   momentum = lrsched.momentum_for(lrsched.sequence(pieces, durations=[20]))
