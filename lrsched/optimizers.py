@@ -272,8 +272,10 @@ def lars(
      \qquad w_{t+1} = w_t + v_t
 
   where trust multiplies each parameter array's update by
-  :math:`c \|w\| / (\|g + \lambda w\| + \epsilon)` (1 when a norm is 0). As in the paper
-  and ``optax.lars``, the velocity holds the LR (Caffe form, see `sgd`), so scale this
+  :math:`c \|w\| / (\|g + \lambda w\| + \epsilon)` (1 when a norm is 0). This is
+  ``optax.lars``'s ratio, not the paper's :math:`c \|w\| / (\|g\| + \lambda \|w\|)`: the
+  denominator is the norm of the decayed gradient, not the sum of the two norms. As in the
+  paper and ``optax.lars``, the velocity holds the LR (Caffe form, see `sgd`), so scale this
   LR with `lrsched.reduce_lr_on_plateau`, not by scaling the updates.
 
   Args:
