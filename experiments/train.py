@@ -47,9 +47,9 @@ RESUMABLE_CHANGES = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'eval_
 class TrainingDiverged(RuntimeError):
   """The loss or the parameters became NaN or inf; the message names the step and the LR."""
 
-  def __init__(self, step: int, lr: float, what: str = 'loss is'):
-    super().__init__(f'{what} not finite at step {step} (lr={lr:.6g}); stopped without '
-                     'saving the diverged state: the last good checkpoint is kept')
+  def __init__(self, step: int, lr: float, what: str = 'the loss became NaN or inf at'):
+    super().__init__(f'{what} step {step} (lr={lr:.6g}); stopped without saving the '
+                     'diverged state: the last good checkpoint is kept')
     self.step, self.lr = step, lr
 
 
@@ -306,9 +306,14 @@ class _StopRequest:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
-  def requested(self) -> bool:
+  def requested(self, *, at_sync_point: bool) -> bool:
+    """Whether to stop now. With several processes, every host must stop at the same step:
+    they agree only at the loop's sync points, since agreeing is a collective that waits
+    for the dispatched steps (elsewhere it would stall the loop at every dispatch)."""
     flag = self.signal is not None
-    if jax.process_count() > 1:  # every host must stop at the same step
+    if jax.process_count() > 1:
+      if not at_sync_point:
+        return False
       from jax.experimental import multihost_utils
       flag = bool(np.any(multihost_utils.process_allgather(np.array(flag))))
     return flag
@@ -395,7 +400,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
       checkpointer.close()
       writer.close()
       raise TrainingDiverged(step - 1, float(lr_schedule(step - 1)),
-                             'parameters after the update of')
+                             'the parameters were NaN or inf after the update of')
     checkpointer.save(step, state)
 
   progress = Progress(total_steps, enabled=is_primary)
@@ -404,6 +409,54 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   last = {'time': time.time(), 'step': step}
   compile_s = None
   stopped_by = None
+  saved_step = start_step if restored is not None else None
+
+  def sync_point(state: parallel.TrainState) -> parallel.TrainState:
+    """Reads the (few) scalars, checks for divergence, logs, evaluates and saves when due."""
+    nonlocal best_accuracy, saved_step
+    hp = lrsched.hyperparams(state.opt_state)
+    metrics = jax.device_get(state.metrics)
+    if metrics.first_nonfinite_step >= 0:
+      bad = int(metrics.first_nonfinite_step)
+      checkpointer.close()
+      writer.close()
+      raise TrainingDiverged(bad, float(lr_schedule(bad)))
+    now = time.time()
+    images_per_sec = ((p.examples_at(step) - p.examples_at(last['step']))
+                      / max(now - last['time'], 1e-9))
+    lr_now = float(hp['learning_rate'])
+    mom_now = float(hp['momentum']) if 'momentum' in hp else None
+    train_loss = float(metrics.loss_sum / max(metrics.count, 1))
+    progress.update(step, lr=lr_now, loss=train_loss, images_per_sec=images_per_sec)
+    writer.scalars(step, {'train/loss': train_loss, 'lr': lr_now,
+                          **({'momentum': mom_now} if mom_now is not None else {})})
+    if eval_due(step) or step == total_steps:
+      test_loss, test_accuracy = (float(v) for v in evaluate(
+          state.params, state.batch_stats, test_images, test_labels, test_mask, mean, std))
+      if not math.isfinite(test_loss):
+        checkpointer.close()
+        writer.close()
+        raise TrainingDiverged(step - 1, float(lr_schedule(step - 1)),
+                               'the test loss was NaN or inf after the update of')
+      best_accuracy = max(best_accuracy, test_accuracy)
+      writer.evaluation({
+          'step': step, 'epoch': p.epoch_at(step), 'lr': lr_now, 'momentum': mom_now,
+          'batch_size': p.phases[p.phase_at(step - 1)].batch_size,
+          'examples': p.examples_at(step), 'train_loss': train_loss,
+          'train_accuracy': float(metrics.correct / max(metrics.count, 1)),
+          'test_loss': test_loss, 'test_accuracy': test_accuracy,
+          'images_per_sec': images_per_sec, 'elapsed_s': time.time() - start_time})
+      progress.note(f'step {step}: test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}')
+      state = state._replace(metrics=jax.device_put(parallel.Metrics.zeros(),
+                                                    parallel.replicated(mesh)))
+    if (step % config.checkpoint_every == 0 or step == total_steps) and saved_step != step:
+      save(step, state)
+      saved_step = step
+    last.update(time=time.time(), step=step)
+    return state
+
+  # The final checkpoint is written after the final evaluation: a run resumed from it has
+  # nothing left to do.
   with _StopRequest() as stop:
     while step < total_steps:
       phase = p.phase_at(step)
@@ -422,50 +475,15 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
         jax.block_until_ready(state.step)
         compile_s = time.time() - t0
         last.update(time=time.time(), step=step)
-      if stop.requested():
+      # Evaluations, checkpoints and phase ends are boundaries, hence sync points: a stop
+      # between them skips nothing that was due.
+      at_sync_point = step == boundary or step == total_steps
+      if at_sync_point:
+        state = sync_point(state)
+      if stop.requested(at_sync_point=at_sync_point) and step < total_steps:
         stopped_by = signal.Signals(stop.signal or signal.SIGTERM).name
         break
-      if step % config.log_every and step not in (boundary, total_steps):
-        continue
-      # A sync point: read the (few) scalars, check for divergence.
-      hp = lrsched.hyperparams(state.opt_state)
-      metrics = jax.device_get(state.metrics)
-      if metrics.first_nonfinite_step >= 0:
-        bad = int(metrics.first_nonfinite_step)
-        checkpointer.close()
-        writer.close()
-        raise TrainingDiverged(bad, float(lr_schedule(bad)))
-      now = time.time()
-      images_per_sec = ((p.examples_at(step) - p.examples_at(last['step']))
-                        / max(now - last['time'], 1e-9))
-      lr_now = float(hp['learning_rate'])
-      mom_now = float(hp['momentum']) if 'momentum' in hp else None
-      train_loss = float(metrics.loss_sum / max(metrics.count, 1))
-      progress.update(step, lr=lr_now, loss=train_loss, images_per_sec=images_per_sec)
-      writer.scalars(step, {'train/loss': train_loss, 'lr': lr_now,
-                            **({'momentum': mom_now} if mom_now is not None else {})})
-      if eval_due(step) or step == total_steps:
-        test_loss, test_accuracy = (float(v) for v in evaluate(
-            state.params, state.batch_stats, test_images, test_labels, test_mask, mean, std))
-        if not math.isfinite(test_loss):
-          checkpointer.close()
-          writer.close()
-          raise TrainingDiverged(step - 1, float(lr_schedule(step - 1)))
-        best_accuracy = max(best_accuracy, test_accuracy)
-        writer.evaluation({
-            'step': step, 'epoch': p.epoch_at(step), 'lr': lr_now, 'momentum': mom_now,
-            'batch_size': p.phases[p.phase_at(step - 1)].batch_size,
-            'examples': p.examples_at(step), 'train_loss': train_loss,
-            'train_accuracy': float(metrics.correct / max(metrics.count, 1)),
-            'test_loss': test_loss, 'test_accuracy': test_accuracy,
-            'images_per_sec': images_per_sec, 'elapsed_s': time.time() - start_time})
-        progress.note(f'step {step}: test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}')
-        state = state._replace(metrics=jax.device_put(parallel.Metrics.zeros(),
-                                                      parallel.replicated(mesh)))
-      if step % config.checkpoint_every == 0 or step == total_steps:
-        save(step, state)
-      last.update(time=time.time(), step=step)
-    if stopped_by is not None:
+    if stopped_by is not None and saved_step != step:
       save(step, state)
   checkpointer.close()
   progress.close()

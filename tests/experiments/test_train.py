@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import data, train
+from experiments import data, parallel, train
 from experiments.config import Config, ConfigError
 from experiments.metrics import Progress
 
@@ -114,10 +114,44 @@ def test_interrupted_and_resumed_run_ends_bit_identical(finished_run, tmp_path, 
 
   monkeypatch.setattr(Progress, 'update', preempt_once)
   summary = train.train_and_evaluate(tiny(workdir))
-  assert summary['status'] == 'interrupted' and summary['steps'] == 5
+  assert summary['status'] == 'interrupted' and summary['steps'] == 4
   monkeypatch.setattr(Progress, 'update', original_update)
   resumed = train.train_and_evaluate(tiny(workdir))
-  assert resumed['resumed_from_step'] == 5 and resumed['status'] == 'finished'
+  assert resumed['resumed_from_step'] == 4 and resumed['status'] == 'finished'
+  assert_trees_equal(final_params(workdir), final_params(reference))
+  rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  assert [r['step'] for r in rows] == [3, 6]
+
+
+@pytest.mark.parametrize('signalled_during_step', [2, 3, 6])
+def test_a_stop_never_skips_a_due_evaluation(finished_run, tmp_path, monkeypatch,
+                                             signalled_during_step):
+  # SIGTERM arrives while the step that ends on an evaluation (3), or the last step (6),
+  # is running: the loop evaluates and saves before it stops, and the resumed run's
+  # evaluations and results are those of an uninterrupted run.
+  reference, reference_summary = finished_run
+  workdir = tmp_path / 'stopped'
+  make_train_steps = parallel.make_train_steps
+
+  def make_preempted(*args, **kwargs):
+    steps, calls = make_train_steps(*args, **kwargs), []
+
+    def preempted(*a, **k):
+      calls.append(1)
+      if len(calls) == signalled_during_step:
+        signal.raise_signal(signal.SIGTERM)
+      return steps(*a, **k)
+    return preempted
+
+  monkeypatch.setattr(parallel, 'make_train_steps', make_preempted)
+  config = tiny(workdir, log_every=3)  # steps 1, 2, 4, 5 are dispatched without a sync
+  summary = train.train_and_evaluate(config)
+  assert summary['steps'] == signalled_during_step
+  assert summary['status'] == 'interrupted' if signalled_during_step < 6 else 'finished'
+  monkeypatch.undo()
+  resumed = train.train_and_evaluate(config)
+  assert resumed['status'] == 'finished'
+  assert resumed['final_test_accuracy'] == reference_summary['final_test_accuracy']
   assert_trees_equal(final_params(workdir), final_params(reference))
   rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
   assert [r['step'] for r in rows] == [3, 6]
@@ -157,7 +191,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept(finished_run, tmp_path
 
 def test_nan_loss_stops_naming_step_and_lr_and_keeps_good_checkpoints(tmp_path):
   workdir = tmp_path / 'nan'
-  with pytest.raises(train.TrainingDiverged, match=r'not finite at step \d+ \(lr=1e\+30\)'):
+  with pytest.raises(train.TrainingDiverged, match=r'NaN or inf .*step \d+ \(lr=1e\+30\)'):
     train.train_and_evaluate(tiny(workdir, schedule='constant(lr=1e30)', checkpoint_every=1))
   directory = workdir / 'checkpoints'
   for step in os.listdir(directory) if directory.exists() else []:

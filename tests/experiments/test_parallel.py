@@ -1,0 +1,117 @@
+"""What makes the compiled training step fast on an accelerator, checked on CPU in its HLO.
+
+The timings are the benchmark's job (`experiments.benchmark`, recorded in WORKSPACE.md);
+these tests pin the structure that the timings depend on, so that a change that quietly
+breaks it fails here: bfloat16 convolutions under float32 parameters and optimizer state,
+a donated state updated in place, and no host round trip inside the step.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lrsched
+from experiments import models, parallel, train
+
+BATCH = 16
+
+
+def _step(precision: str, num_devices: int = 1):
+  dtype = jnp.bfloat16 if precision == 'bfloat16' else jnp.float32
+  model = models.create_model('resnet8', num_classes=10, dtype=dtype, bn_group_size=4)
+  tx = lrsched.sgd(lrsched.one_cycle(0.1, 100), lrsched.one_cycle_momentum(100),
+                   weight_decay=1e-4)
+  mesh = parallel.make_mesh(jax.devices()[:num_devices])
+  steps = parallel.make_train_steps(model, tx, mesh,
+                                    parallel.StepConfig(BATCH, 'crop+flip', dtype),
+                                    jax.random.key(1))
+  state = train.create_state(model, tx, mesh, jax.random.key(0), BATCH // num_devices)
+  rng = np.random.default_rng(0)
+  put = lambda a: parallel.put_replicated(mesh, a)
+  inputs = (put(rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)),
+            put(rng.integers(0, 10, 64, dtype=np.int32)),
+            put(np.full(3, 120.0, np.float32)), put(np.full(3, 60.0, np.float32)))
+  return steps, state, inputs
+
+
+def _lowered(steps, state, inputs, num_steps: int = 1):
+  return steps.compiled(num_steps).lower(state, *inputs)
+
+
+def _hlo(steps, state, inputs, num_steps: int = 1) -> str:
+  """The optimized HLO that XLA runs."""
+  return _lowered(steps, state, inputs, num_steps).compile().as_text()
+
+
+def _float_dtypes(tree) -> set[str]:
+  return {str(x.dtype) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
+
+
+@pytest.fixture(scope='module', params=['float32', 'bfloat16'])
+def compiled_step(request):
+  steps, state, inputs = _step(request.param)
+  return request.param, steps, state, inputs, _hlo(steps, state, inputs)
+
+
+@pytest.mark.parametrize('precision', ['float32', 'bfloat16'])
+def test_convolutions_run_in_the_compute_precision(precision):
+  # The program handed to XLA (StableHLO): XLA:CPU itself computes bf16 convolutions in
+  # f32, so its optimized HLO would not show what a GPU runs.
+  steps, state, inputs = _step(precision)
+  text = _lowered(steps, state, inputs).as_text()
+  # e.g. `stablehlo.convolution(...) ... : (tensor<16x32x32x3xbf16>, tensor<3x3x3x16xbf16>)
+  # -> tensor<16x32x32x16xbf16>`: forward, input-gradient and weight-gradient convolutions.
+  types = re.findall(r'stablehlo\.convolution.*: \((tensor<[^>]*>), (tensor<[^>]*>)\) -> '
+                     r'(tensor<[^>]*>)', text)
+  assert len(types) == 3 * 7 - 1  # 7 convolutions; the input's gradient isn't needed
+  expected = 'bf16>' if precision == 'bfloat16' else 'f32>'
+  assert {t.rsplit('x', 1)[1] for conv in types for t in conv} == {expected}
+
+
+def test_parameters_and_optimizer_state_stay_float32(compiled_step):
+  _, steps, state, inputs, _ = compiled_step
+  state = steps(jax.tree.map(jnp.copy, state), *inputs)  # a copy: the step donates it
+  assert _float_dtypes(state.params) == {'float32'}
+  assert _float_dtypes(state.batch_stats) == {'float32'}
+  assert _float_dtypes(state.opt_state) == {'float32'}
+
+
+def test_state_is_donated_and_updated_in_place(compiled_step):
+  _, steps, state, inputs, hlo = compiled_step
+  # Every parameter, statistic and optimizer buffer is updated in place (XLA may leave a
+  # scalar or two of the metrics unaliased).
+  aliases = re.search(r'input_output_alias=\{(.*?)\}, entry', hlo)
+  assert aliases is not None
+  aliased = {int(i) for i in re.findall(r'\((\d+), \{\}, may-alias\)', aliases.group(1))}
+  arrays = {i for i, leaf in enumerate(jax.tree.leaves(state)) if leaf.size > 1}
+  assert len(arrays) > 30 and arrays <= aliased
+  fresh = jax.tree.leaves(jax.tree.map(jnp.copy, state))
+  steps(jax.tree.unflatten(jax.tree.structure(state), fresh), *inputs)
+  assert all(fresh[i].is_deleted() for i in arrays)
+
+
+def test_steps_have_no_host_round_trip_and_are_unrolled():
+  steps, state, inputs = _step('bfloat16')
+  one, three = (_hlo(steps, state, inputs, k) for k in (1, 3))
+  for op in ('outfeed', 'infeed', ' send(', ' recv(', 'host-compute'):
+    assert op not in three, op
+  assert not re.search(r'custom_call_target="[^"]*callback', three)
+  # K steps per dispatch are straight-line code: three steps compile to three times the
+  # convolutions of one, where a rolled loop would hold one copy.
+  assert three.count(' convolution(') == 3 * one.count(' convolution(') > 0
+
+
+def test_replicas_exchange_only_gradients_statistics_and_metrics():
+  steps, state, inputs = _step('float32', num_devices=4)
+  hlo = _hlo(steps, state, inputs)
+  reduced = re.findall(r' all-reduce(?:-start)?\(', hlo)
+  # XLA combines the per-leaf all-reduces; whatever it does, the step never gathers
+  # or permutes data between replicas: each takes its slice of the batch by index.
+  assert reduced
+  for op in ('all-gather', 'all-to-all', 'collective-permute'):
+    assert op not in hlo, op
