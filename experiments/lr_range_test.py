@@ -83,7 +83,7 @@ class Sweep:
 
   def check(self) -> None:
     """ConfigError for bad bounds, or too few steps or test points for the suggestions."""
-    from lrsched.range_test import MIN_POINTS
+    from lrsched.lr_finder import MIN_POINTS
 
     if self.mode not in ('linear', 'exp'):
       raise ConfigError(f"--mode must be 'linear' or 'exp', got {self.mode!r}")

@@ -29,10 +29,25 @@ from lrsched.decay import (
   polynomial,
   step_decay,
 )
+
+# The LR range test and its suggestions from a recorded curve.
+from lrsched.lr_finder import (
+  RangeTestResult,
+  Suggestion,
+  divergence_step,
+  log_linear,
+  range_test,
+  smooth,
+  suggest_clr_bounds,
+  suggest_minimum,
+  suggest_steep,
+  suggest_super_convergence,
+  suggest_valley,
+)
 from lrsched.momentum import momentum_for
 
 # 1cycle (Smith & Topin 2017; Smith 2018; fastai).
-from lrsched.one_cycle import (
+from lrsched.onecycle import (
   caffe_one_cycle,
   fastai_one_cycle,
   fastai_one_cycle_momentum,
@@ -54,9 +69,6 @@ from lrsched.plateau import (
   reduce_on_plateau,
   report_metric,
 )
-
-# The LR range test.
-from lrsched.range_test import RangeTestResult, Suggestion, log_linear, range_test
 
 # Warm restarts (Loshchilov & Hutter 2017).
 from lrsched.restarts import sgdr

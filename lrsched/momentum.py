@@ -8,7 +8,7 @@ lengths, so that a command line can say ``--momentum=cyclical``.
 
 from __future__ import annotations
 
-from lrsched import _base, compose, cyclical, decay, one_cycle
+from lrsched import _base, compose, cyclical, decay, onecycle
 from lrsched._base import Numeric, Schedule
 
 
@@ -44,17 +44,17 @@ def momentum_for(schedule: Schedule, base_momentum: Numeric = 0.85,
   partner = lambda inner: momentum_for(inner, base_momentum, max_momentum)
   name = schedule.name
   if name == 'one_cycle':
-    return one_cycle.one_cycle_momentum(a['total_steps'], pct_start=a['pct_start'],
+    return onecycle.one_cycle_momentum(a['total_steps'], pct_start=a['pct_start'],
                                         anneal=a['anneal'], three_phase=a['three_phase'],
                                         **both)
   if name == 'fastai_one_cycle':
-    return one_cycle.fastai_one_cycle_momentum(a['total_steps'], pct_start=a['pct_start'],
+    return onecycle.fastai_one_cycle_momentum(a['total_steps'], pct_start=a['pct_start'],
                                                **both)
   if name in ('smith_one_cycle', 'caffe_one_cycle'):
-    return one_cycle.smith_one_cycle_momentum(a['total_steps'], step_size=a['step_size'],
+    return onecycle.smith_one_cycle_momentum(a['total_steps'], step_size=a['step_size'],
                                               **both)
   if name == 'super_convergence':
-    return one_cycle.smith_one_cycle_momentum(2 * a['step_size'], step_size=a['step_size'],
+    return onecycle.smith_one_cycle_momentum(2 * a['step_size'], step_size=a['step_size'],
                                               **both)
   if name == 'cyclic':
     return cyclical.cyclic_momentum(step_size_up=a['step_size_up'],

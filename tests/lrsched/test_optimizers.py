@@ -120,7 +120,7 @@ def test_hyperparams_inside_multisteps_count_applied_updates():
 
 def test_hyperparams_with_one_cycle_schedules():
   if not hasattr(lrsched, 'one_cycle_momentum'):
-    pytest.skip('lrsched.one_cycle not available')
+    pytest.skip('lrsched.one_cycle_momentum not available')
   lr = lrsched.one_cycle(max_lr=0.5, total_steps=T)
   momentum = lrsched.one_cycle_momentum(total_steps=T)
   _, (_, hp) = train(lrsched.sgd(lr, momentum=momentum, nesterov=True))

@@ -1,7 +1,7 @@
 """Writes torch_cyclical.json: PyTorch's CyclicLR and OneCycleLR, LR and momentum.
 
 Golden values for lrsched.cyclic / cyclic_momentum and lrsched.one_cycle /
-one_cycle_momentum (tests/lrsched/test_cyclical.py and test_one_cycle.py read the JSON;
+one_cycle_momentum (tests/lrsched/test_cyclical.py and test_onecycle.py read the JSON;
 the test run itself never imports torch). Regenerate with torch 2.x CPU:
 
   python tests/lrsched/golden/torch_cyclical.py

@@ -1,4 +1,4 @@
-"""Tests of lrsched.one_cycle: PyTorch's OneCycleLR, the authors' variants and fastai's."""
+"""Tests of lrsched.onecycle: PyTorch's OneCycleLR, the authors' variants and fastai's."""
 
 import csv
 import itertools

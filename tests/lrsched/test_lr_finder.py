@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lrsched
-from lrsched.range_test import (
+from lrsched.lr_finder import (
   RangeTestResult,
   divergence_step,
   log_linear,
