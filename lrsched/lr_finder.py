@@ -11,9 +11,12 @@ parameters, and returns a `RangeTestResult` of NumPy arrays whose methods turn t
 LR suggestions::
 
   result = lrsched.range_test(loss_fn, params, batches, min_lr=1e-7, max_lr=10.0,
-                              num_steps=100)
-  result.valley().lr                  # fastai's default suggestion
-  result.clr_bounds()                 # Smith's (base_lr, max_lr) for a cyclic schedule
+                              num_steps=100, metric_fn=test_accuracy, metric_every=5)
+  result.valley().lr                  # fastai's default suggestion, from the loss
+  result.clr_bounds()                 # Smith's (base_lr, max_lr), from the test accuracy
+
+The suggestions also work on a curve recorded elsewhere (`RangeTestResult.from_losses`, or
+the ``suggest_*`` functions on arrays).
 
 The sweep itself is an lrsched schedule: `log_linear` (``mode='exp'``, fastai's default) or
 `lrsched.linear` (``mode='linear'``, Smith's tests, e.g. from 0 to 3).
@@ -246,18 +249,24 @@ def suggest_clr_bounds(lrs: Any, values: Any, *, divisor: float = 4.0,
   The paper reads ``max_lr`` where the accuracy "slows, becomes ragged, or starts to fall"
   and, by the rule of thumb that the best LR is within a factor of two of the largest that
   converges, sets ``base_lr`` to 1/3 or 1/4 of it. Here ``max_lr`` is the LR of the best
-  value: the highest accuracy, or, with ``higher_is_better=False``, the lowest (smoothed)
-  loss, where the loss starts to rise. NaN values are ignored.
+  value: the highest accuracy, or, with ``higher_is_better=False``, the lowest held-out
+  loss. NaN values are ignored.
+
+  ``values`` should be measured on held-out data, as in the paper. Do not pass the range
+  test's own smoothed training loss: its lowest point is where fastai's ``minimum`` says the
+  LR is already too high to train with (`suggest_minimum` takes a tenth of it), and the
+  moving average puts it later still. For a loss-only test use `suggest_valley` or
+  `suggest_steep`.
 
   Args:
     lrs: the LRs of the curve, increasing.
-    values: the metric (e.g. test accuracy) or smoothed loss at those LRs.
+    values: the metric (e.g. test accuracy, or a test loss) at those LRs.
     divisor: ``max_lr / base_lr``, >= 1: 3 or 4 in the paper.
     higher_is_better: True for an accuracy, False for a loss.
   """
   index, max_lr, base_lr, end = _peak('suggest_clr_bounds', lrs, values, higher_is_better,
                                       divisor)
-  best = 'highest metric' if higher_is_better else 'lowest smoothed loss'
+  best = 'highest metric' if higher_is_better else 'lowest metric'
   return Suggestion(
     'clr_bounds', max_lr, base_lr, index,
     f'CLR bounds: max_lr={max_lr:.3g} at the {best}, base_lr=max_lr/{divisor:g}='
@@ -270,17 +279,19 @@ def suggest_super_convergence(lrs: Any, values: Any, *, divisor: float = 1e3,
 
   Super-convergence uses the largest LR at which the range test's test accuracy still
   peaks as the 1cycle maximum and anneals to an LR orders of magnitude below it:
-  ``min_lr = max_lr / divisor``, with ``divisor`` around 1e3 to 1e4.
+  ``min_lr = max_lr / divisor``, with ``divisor`` around 1e3 to 1e4. As for
+  `suggest_clr_bounds`, ``values`` should be a held-out metric, not the range test's
+  smoothed training loss.
 
   Args:
     lrs: the LRs of the curve, increasing.
-    values: the metric (e.g. test accuracy) or smoothed loss at those LRs.
+    values: the metric (e.g. test accuracy, or a test loss) at those LRs.
     divisor: ``max_lr / min_lr``, >= 1.
     higher_is_better: True for an accuracy, False for a loss.
   """
   index, max_lr, min_lr, end = _peak('suggest_super_convergence', lrs, values,
                                      higher_is_better, divisor)
-  best = 'highest metric' if higher_is_better else 'lowest smoothed loss'
+  best = 'highest metric' if higher_is_better else 'lowest metric'
   return Suggestion(
     'super_convergence', max_lr, min_lr, index,
     f'1cycle bounds: max_lr={max_lr:.3g} at the {best}, min_lr=max_lr/{divisor:g}='
@@ -495,53 +506,51 @@ class RangeTestResult:
     lrs, losses, offset = self._window('minimum', skip_start, skip_end)
     return self._shift(suggest_minimum(lrs, losses, divisor=divisor), offset)
 
-  def _best_curve(self, method: str, use_metric: bool | None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    """(lrs, values, steps, higher_is_better): the metric if recorded, else the loss."""
-    if use_metric is None:
-      use_metric = self.metrics is not None
-    if use_metric:
-      if self.metrics is None:
-        raise _base.fail(method, 'no metric was recorded: pass metric_fn to range_test')
-      steps = self.metric_steps
-      if np.isfinite(self.metrics).sum() < MIN_POINTS:
-        raise _base.fail(method, (
-          f'only {int(np.isfinite(self.metrics).sum())} finite metric values in '
-          f'{self.lrs.size} valid steps; it needs at least {MIN_POINTS}: lower metric_every, '
-          'run more steps or lower max_lr'))
-      return self.lrs[steps], self.metrics, steps, True
-    steps = np.arange(self.lrs.size)
-    if steps.size < MIN_POINTS:
-      raise _base.fail(method, (
-        f'only {steps.size} valid steps (diverged at step {self.diverged_at}); it needs '
-        f'at least {MIN_POINTS}: run more steps or lower max_lr'))
-    return self.lrs, self.smoothed_losses, steps, False
+  def _metric_curve(self, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lrs, metrics, steps) of the recorded metric; a clear error without one.
 
-  def clr_bounds(self, *, divisor: float = 4.0, use_metric: bool | None = None,
-                 higher_is_better: bool = True) -> Suggestion:
-    """Smith's CLR bounds (`suggest_clr_bounds`): ``max_lr`` at the best metric, or at the
-    lowest smoothed loss when no metric was recorded; ``base_lr = max_lr / divisor``.
+    The bounds rules read a held-out metric, as Smith's papers do. Without one they refuse
+    rather than fall back on the lowest smoothed training loss: `minimum` says that LR is
+    already too high to train with, so it is no ``max_lr``.
+    """
+    if self.metrics is None:
+      raise _base.fail(method, (
+        'no metric was recorded, and the LR of the lowest smoothed training loss is '
+        'already too high to train with (see minimum), so it is no max_lr: pass metric_fn '
+        'to range_test to record a held-out accuracy, as Smith does, or use valley() or '
+        'steep() on this loss-only test'))
+    finite = int(np.isfinite(self.metrics).sum())
+    if finite < MIN_POINTS:
+      raise _base.fail(method, (
+        f'only {finite} finite metric values in {self.lrs.size} valid steps; it needs at '
+        f'least {MIN_POINTS}: lower metric_every, run more steps or lower max_lr'))
+    return self.lrs[self.metric_steps], self.metrics, self.metric_steps
+
+  def clr_bounds(self, *, divisor: float = 4.0, higher_is_better: bool = True) -> Suggestion:
+    """Smith's CLR bounds (`suggest_clr_bounds`) from the recorded metric: ``max_lr`` at its
+    best value, ``base_lr = max_lr / divisor``.
+
+    Needs a metric (``metric_fn`` of `range_test`); without one it raises a ValueError that
+    names the fix (record a metric, or use `valley` or `steep`): the lowest smoothed training
+    loss is where `minimum` says the LR is already too high, so it gives no ``max_lr``.
 
     Args:
       divisor: ``max_lr / base_lr``, 3 or 4 in the paper.
-      use_metric: read the metric (True) or the smoothed loss (False); default: the metric
-        if one was recorded.
-      higher_is_better: for the metric: True for an accuracy, False for a loss.
+      higher_is_better: True for an accuracy, False for a held-out loss.
     """
-    lrs, values, steps, metric = self._best_curve('clr_bounds', use_metric)
-    s = suggest_clr_bounds(lrs, values, divisor=divisor,
-                           higher_is_better=higher_is_better if metric else False)
+    lrs, values, steps = self._metric_curve('clr_bounds')
+    s = suggest_clr_bounds(lrs, values, divisor=divisor, higher_is_better=higher_is_better)
     return dataclasses.replace(s, step=int(steps[s.step]))
 
-  def super_convergence(self, *, divisor: float = 1e3, use_metric: bool | None = None,
+  def super_convergence(self, *, divisor: float = 1e3,
                         higher_is_better: bool = True) -> Suggestion:
-    """Smith & Topin's 1cycle bounds (`suggest_super_convergence`): ``max_lr`` at the best
-    metric (test accuracy, Fig. 2b), or at the lowest smoothed loss when no metric was
-    recorded; ``min_lr = max_lr / divisor``. Arguments as `clr_bounds`.
+    """Smith & Topin's 1cycle bounds (`suggest_super_convergence`) from the recorded metric:
+    ``max_lr`` at its best value (test accuracy, Fig. 2b), ``min_lr = max_lr / divisor``.
+    Needs a metric, as `clr_bounds`; arguments as `clr_bounds`.
     """
-    lrs, values, steps, metric = self._best_curve('super_convergence', use_metric)
+    lrs, values, steps = self._metric_curve('super_convergence')
     s = suggest_super_convergence(lrs, values, divisor=divisor,
-                                  higher_is_better=higher_is_better if metric else False)
+                                  higher_is_better=higher_is_better)
     return dataclasses.replace(s, step=int(steps[s.step]))
 
   # ------------------------------------------------------------------------------------

@@ -90,9 +90,15 @@ def lr_at(result, step):
   return float(result.lrs[1] - result.lrs[0]) * step + float(result.lrs[0])
 
 
+def held_out_fit(params, state):
+  """A held-out 'accuracy' of the quadratic: minus the squared distance to the mean target."""
+  return -jnp.sum((params - 3.0) ** 2)
+
+
 @pytest.fixture(scope='module')
 def quadratic_results():
-  return {offset: quadratic_test(offset) for offset in (1.0, -10.0)}
+  return {offset: quadratic_test(offset, metric_fn=held_out_fit, metric_every=10)
+          for offset in (1.0, -10.0)}
 
 
 @pytest.mark.parametrize('offset', [1.0, -10.0])
@@ -112,17 +118,17 @@ def test_suggestions_lie_below_the_stability_limit(quadratic_results, offset):
   result = quadratic_results[offset]
   for suggestion in (result.valley(), result.steep(), result.minimum()):
     assert 0.0 < suggestion.lr < 2 / A, suggestion
-  bounds = result.clr_bounds()
-  assert bounds.lr < lr_at(result, result.diverged_at)
+  bounds = result.clr_bounds()  # from the held-out fit, which is best below 2/a
+  assert bounds.lr < 2 / A
   assert bounds.min_lr == pytest.approx(bounds.lr / 4)
-  assert bounds.min_lr < 2 / A
   assert result.lrs[bounds.step] == bounds.lr
+  assert result.super_convergence().lr == bounds.lr
 
 
 def test_a_negative_loss_gives_the_same_suggestions(quadratic_results):
   # The smoothing and the suggestions do not depend on a constant offset of the loss.
   positive, negative = quadratic_results[1.0], quadratic_results[-10.0]
-  for method in ('valley', 'steep', 'minimum', 'clr_bounds'):
+  for method in ('valley', 'steep', 'minimum'):
     assert abs(getattr(positive, method)().step - getattr(negative, method)().step) <= 2
   np.testing.assert_allclose(negative.smoothed_losses[:400] + 11.0,
                              positive.smoothed_losses[:400], rtol=1e-4)
@@ -334,9 +340,32 @@ def test_accuracy_peak_gives_the_bounds():
   assert 0.2 < bounds.lr < 0.45 and bounds.min_lr == pytest.approx(bounds.lr / 1e3)
   clr = result.clr_bounds(divisor=3.0)
   assert clr.lr == bounds.lr and clr.min_lr == pytest.approx(bounds.lr / 3)
-  # Read from the loss instead: the lowest smoothed loss.
-  by_loss = result.clr_bounds(use_metric=False)
-  assert by_loss.step == int(np.argmin(result.smoothed_losses))
+  # A held-out loss instead of an accuracy: its lowest value.
+  test_loss = 1.0 - np.nan_to_num(accuracy, nan=0.0)
+  by_loss = RangeTestResult.from_losses(LRS, CURVE, metrics=test_loss, metric_steps=steps)
+  assert by_loss.clr_bounds(higher_is_better=False).step == peak
+
+
+@pytest.mark.parametrize('method', ['clr_bounds', 'super_convergence'])
+def test_bounds_without_a_metric_refuse_and_name_the_fix(method):
+  # The lowest smoothed training loss is where `minimum` says the LR is already too high:
+  # it is no max_lr, so the bounds rules need a held-out metric.
+  result = RangeTestResult.from_losses(LRS, CURVE)
+  assert result.metrics is None
+  with pytest.raises(ValueError, match=rf'{method}: no metric was recorded.*too high.*'
+                                       r'pass metric_fn to range_test.*valley\(\) or steep'):
+    getattr(result, method)()
+
+
+@pytest.mark.parametrize('offset', [1.0, -10.0])
+def test_the_lowest_smoothed_loss_is_no_max_lr(quadratic_results, offset):
+  # What clr_bounds used to return without a metric: on the quadratic it lies at or past
+  # the stability limit 2/a, since the moving average still falls there.
+  result = quadratic_results[offset]
+  assert result.lrs[np.argmin(result.smoothed_losses)] >= 0.95 * 2 / A
+  without = RangeTestResult.from_losses(result.lrs, result.losses)
+  with pytest.raises(ValueError, match='no metric was recorded'):
+    without.clr_bounds()
 
 
 def test_a_peak_at_the_end_warns():
@@ -386,10 +415,12 @@ def test_too_few_points():
   assert result.diverged_at == 3
   with pytest.raises(ValueError, match=r'valley: only \d+ points.*diverged at step.*max_lr'):
     result.valley()
-  with pytest.raises(ValueError, match='needs at least 5'):
-    result.clr_bounds()
   with pytest.raises(ValueError, match='no metric'):
-    result.clr_bounds(use_metric=True)
+    result.clr_bounds()
+  few = RangeTestResult.from_losses(LRS[:30], np.r_[2.0, 1.9, 1.8, [50.0] * 27],
+                                    metrics=[0.1, 0.2, 0.3], metric_steps=[0, 1, 2])
+  with pytest.raises(ValueError, match=r'only 3 finite metric values.*at least 5'):
+    few.clr_bounds()
   with pytest.raises(ValueError, match='at least 5 points'):
     suggest_valley(LRS[:4], CURVE[:4])
 
