@@ -496,7 +496,11 @@ class RangeTestResult:
 
   def steep(self, *, new_lows_only: bool = True, skip_start: int | None = None,
             skip_end: int = 5) -> Suggestion:
-    """fastai's ``steep`` (`suggest_steep`) on the smoothed losses; skips as `valley`."""
+    """fastai's ``steep`` (`suggest_steep`) on the smoothed losses; skips as `valley`.
+
+    The default ``new_lows_only=True`` differs from fastai, which counts every segment;
+    pass ``new_lows_only=False`` for fastai's value (see `suggest_steep`).
+    """
     lrs, losses, offset = self._window('steep', skip_start, skip_end)
     return self._shift(suggest_steep(lrs, losses, new_lows_only=new_lows_only), offset)
 
