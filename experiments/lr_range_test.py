@@ -21,6 +21,10 @@ as in training (the same data stream; see `experiments.parallel`). It runs on ev
 device of this process: the global batch is split over them by the compiler (``jax.jit``
 with a sharded batch), with the same result as on one device; it is not multi-host.
 ``--schedule``, ``--lr``, ``--steps``, ``--epochs`` and ``--batch_schedule`` do not apply.
+
+The momentum is constant: 0.9 unless ``--momentum`` or the preset says. A preset with
+``momentum='cyclical'`` (Smith 2018's 1cycle rows) runs at its maximum momentum, 0.95, as
+Smith's range tests do at the high momentum; an explicit ``--momentum`` wins.
 """
 
 from __future__ import annotations
@@ -280,12 +284,37 @@ def sweep_from_flags(config: Config) -> Sweep:
 
 def config_from_flags() -> Config:
   """The training flags (and --preset), with a constant momentum 0.9 by default; the flags
-  of `NOT_APPLICABLE` are refused when given."""
+  of `NOT_APPLICABLE` are refused when given.
+
+  A preset's ``momentum='cyclical'`` outranks `RANGE_TEST_DEFAULTS` but is no constant:
+  unless --momentum is given, it becomes the cyclical momentum's maximum (see
+  `cyclical_max_momentum`), with a log line saying so.
+  """
   given = [f'--{name}' for name in cifar.given_flags(NOT_APPLICABLE)]
   if given:
     raise ConfigError(f'{", ".join(given)} do not apply to the range test: the LR sweeps '
                       'from --min_lr to --max_lr over --num_steps')
-  return cifar.config_from_flags(RANGE_TEST_DEFAULTS)
+  config = cifar.config_from_flags(RANGE_TEST_DEFAULTS)
+  if config.momentum.strip() == 'cyclical' and not cifar.given_flags(['momentum']):
+    momentum = cyclical_max_momentum()
+    log.info('--preset=%s has a cyclical momentum; the range test holds it at its maximum, '
+             '%g, as Smith (2018) does (give --momentum to choose another)',
+             flags.FLAGS['preset'].value, momentum)
+    config = dataclasses.replace(config, momentum=f'{momentum:g}')
+  return config
+
+
+def cyclical_max_momentum() -> float:
+  """The top of ``--momentum=cyclical``: `lrsched.momentum_for`'s ``max_momentum`` (0.95).
+
+  The partner of a 1cycle or CLR schedule starts at it, where the LR is lowest; Smith's
+  range tests (2018) hold the momentum at this high value.
+  """
+  import inspect
+
+  import lrsched
+
+  return float(inspect.signature(lrsched.momentum_for).parameters['max_momentum'].default)
 
 
 def main(argv: list[str]) -> int:

@@ -9,8 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+from absl import flags
+from absl.testing import flagsaver
 
-from experiments import lr_range_test
+from experiments import lr_range_test, presets
 from experiments.config import Config, ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -83,6 +85,45 @@ def test_bad_configs_fail_before_compiling(tmp_path):
   with pytest.raises(ConfigError, match='too few'):
     lr_range_test.run(tiny(), lr_range_test.Sweep(num_steps=3), workdir=str(tmp_path))
   assert not os.listdir(tmp_path)
+
+
+CYCLICAL_PRESETS = sorted(name for name, p in presets.PRESETS.items()
+                          if p.values.get('momentum') == 'cyclical')
+
+
+def config_for(*argv):
+  """lr_range_test.config_from_flags() for these command-line flags."""
+  with flagsaver.flagsaver():
+    flags.FLAGS(['lr_range_test', *argv])
+    return lr_range_test.config_from_flags()
+
+
+def test_cyclical_presets_exist():
+  assert {'smith18-1cycle', 'smith18-wrn-1cycle'} <= set(CYCLICAL_PRESETS)
+
+
+@pytest.mark.parametrize('preset', CYCLICAL_PRESETS)
+def test_a_presets_cyclical_momentum_becomes_its_maximum(preset, caplog):
+  # The preset outranks RANGE_TEST_DEFAULTS; its 'cyclical' used to fail the range test.
+  with caplog.at_level('INFO', logger='experiments'):
+    config = config_for(f'--preset={preset}')
+  assert config.momentum == '0.95'
+  assert lr_range_test._constant_momentum(config) == pytest.approx(0.95)
+  assert any('cyclical momentum' in r.getMessage() and '0.95' in r.getMessage()
+             for r in caplog.records)
+
+
+def test_an_explicit_momentum_wins_over_the_presets():
+  assert config_for('--preset=smith18-1cycle', '--momentum=0.8').momentum == '0.8'
+  explicit = config_for('--preset=smith18-1cycle', '--momentum=cyclical')
+  assert explicit.momentum == 'cyclical'  # asked for: refused later, as without a preset
+  with pytest.raises(ConfigError, match='constant momentum'):
+    lr_range_test._constant_momentum(explicit)
+
+
+def test_momentum_without_a_preset_or_of_a_constant_preset():
+  assert config_for().momentum == lr_range_test.RANGE_TEST_DEFAULTS['momentum']
+  assert config_for('--preset=smith18-constant').momentum == '0.9'
 
 
 def test_cli_refuses_training_schedule_flags(tmp_path):
