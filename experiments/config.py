@@ -102,7 +102,9 @@ class Config:
       'Default when neither is given: 95 epochs.')
 
   steps_per_dispatch: int = _field(
-      1, 'Training steps run inside one dispatch (a lax.scan); results are identical.')
+      1, 'Training steps run inside one dispatch (a lax.scan); the results are the same up to '
+      'float rounding. It must divide --log_every, --eval_every and --checkpoint_every, where '
+      'a dispatch ends.')
 
   # Bookkeeping.
   seed: int = _field(0, 'Seed for initialisation, data order and augmentation.')
@@ -177,6 +179,17 @@ class Config:
         raise ConfigError(f'--{name} must be >= 1, got {getattr(self, name)}')
     if self.eval_every is not None and self.eval_every < 1:
       raise ConfigError(f'--eval_every must be >= 1, got {self.eval_every}')
+    k = self.steps_per_dispatch
+    for name in ('log_every', 'eval_every', 'checkpoint_every'):
+      every = getattr(self, name)
+      # Each dispatch of fewer than K steps is a program of its own, compiled on first use.
+      if every is not None and every % k:
+        divisors = [d for d in range(k, 0, -1) if every % d == 0][:3]
+        raise ConfigError(
+            f'--steps_per_dispatch={k} does not divide --{name}={every}: a dispatch ends '
+            f'every {every} steps, so a {every % k}-step program would be compiled too. Use '
+            f'--steps_per_dispatch={divisors[0]} (or another divisor of {every}), or a '
+            f'multiple of {k} for --{name}')
     if self.train_examples is not None and self.train_examples < 1:
       raise ConfigError(f'--train_examples must be >= 1, got {self.train_examples}')
 
