@@ -22,11 +22,17 @@ For each configuration (model, global batch, precision, schedule, K) it reports
   steps back to back, as the trainer does, and ends with ``jax.block_until_ready`` on the
   state; its time divided by its step count is one observation;
 * ``train_images_per_sec`` (global batch / median step time) and ``eval_images_per_sec``;
-* ``flops_per_step`` from XLA's cost analysis of the compiled one-step program (summed over
-  devices: the analysis is of the per-device program), ``tflops`` achieved and
-  ``peak_fraction`` of the devices' dense peak (`PEAK_TFLOPS`; None for unknown devices);
+* ``flops_per_step`` from XLA's cost analysis of the one-step program before optimisation
+  (summed over devices: the analysis is of the per-device program), where every convolution
+  is still a convolution: after optimisation a GPU's convolutions are cuDNN custom calls,
+  which some XLA versions count as nothing. ``compiled_flops_per_step``, the optimised
+  program's count, is the cross-check (a warning is logged when they differ by more than
+  2x). ``tflops`` achieved and ``peak_fraction`` of the devices' dense peak (`PEAK_TFLOPS`;
+  None for unknown devices);
 * ``peak_memory_bytes`` (``memory_stats()['peak_bytes_in_use']``, None where the backend has
-  no statistics, e.g. CPU) and ``compiled_memory_bytes`` (XLA's memory analysis of the step).
+  no statistics, e.g. CPU): the peak of the whole group (every schedule and K compiled and
+  run in one process), the same on each of its rows; ``compiled_memory_bytes``: XLA's
+  memory analysis of the row's own program.
 
 With several ``--schedules``, every schedule's step is compiled in the same process and their
 samples are interleaved, so that clock and thermal drift cancel; ``schedule_cost_ratio`` is
@@ -342,12 +348,27 @@ class _Variant:
   times: list[float] = dataclasses.field(default_factory=list)
 
 
-def cost_analysis(compiled) -> dict[str, float]:
-  """XLA's cost analysis of a compiled program as one dict (a list of them in older JAX)."""
-  cost = compiled.cost_analysis()
+def cost_analysis(program) -> dict[str, float]:
+  """XLA's cost analysis of a lowered or compiled program as one dict (a list of them in
+  older JAX); counts that are not positive (unknown to XLA) are left out."""
+  cost = program.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
-  return dict(cost or {})
+  return {k: float(v) for k, v in (cost or {}).items() if v is not None and v > 0}
+
+
+def step_cost(lowered, compiled) -> dict[str, float]:
+  """The FLOPs of the program before optimisation, the bytes accessed after it (fusion
+  decides what is read), and the compiled program's FLOPs as a cross-check."""
+  before, after = cost_analysis(lowered), cost_analysis(compiled)
+  cost = {'flops': before.get('flops', after.get('flops')),
+          'compiled_flops': after.get('flops'), 'bytes accessed': after.get('bytes accessed')}
+  if cost['flops'] and cost['compiled_flops']:
+    ratio = cost['compiled_flops'] / cost['flops']
+    if not 0.5 <= ratio <= 2.0:
+      log.warning('XLA counts %.3g FLOPs in the step before optimisation but %.3g after: '
+                  'TFLOP/s uses the first', cost['flops'], cost['compiled_flops'])
+  return {k: v for k, v in cost.items() if v is not None}
 
 
 def memory_analysis_bytes(compiled) -> int | None:
@@ -381,12 +402,12 @@ def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
           'p90': float(np.percentile(ms, 90))}
 
 
-def _lower_and_compile(jitted, *args) -> tuple[Any, float, float]:
+def _lower_and_compile(jitted, *args) -> tuple[Any, Any, float, float]:
   start = time.perf_counter()
   lowered = jitted.lower(*args)
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
-  return compiled, lowered_at - start, time.perf_counter() - lowered_at
+  return lowered, compiled, lowered_at - start, time.perf_counter() - lowered_at
 
 
 def _run_sample(variant: _Variant, train_args: tuple, steps: int) -> float:
@@ -436,15 +457,16 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
     for k in sorted(settings.steps_per_dispatch, key=lambda k: k != 1):  # K=1 first
       # Each variant's own buffers: the step donates its state.
       state = jax.device_put(initial, parallel.replicated(mesh), may_alias=False)
-      compiled, lower_s, compile_s = _lower_and_compile(train_steps.compiled(k), state,
-                                                        *train_args)
+      lowered, compiled, lower_s, compile_s = _lower_and_compile(
+          train_steps.compiled(k), state, *train_args)
       log.info('%s, %s, K=%d: lowered in %.1f s, compiled in %.1f s', name, schedule, k,
                lower_s, compile_s)
       if one_step_cost is None:
         # XLA counts a while loop's body once, whatever its trip count: the cost of a step
         # is that of the one-step program (compiled here only for that if K=1 isn't run).
-        one = compiled if k == 1 else train_steps.compiled(1).lower(state, *train_args).compile()
-        one_step_cost = cost_analysis(one)
+        if k != 1:
+          lowered = train_steps.compiled(1).lower(state, *train_args)
+        one_step_cost = step_cost(lowered, compiled if k == 1 else lowered.compile())
       variants.append(_Variant(schedule, k, p, compiled, state, lower_s, compile_s,
                                memory_analysis_bytes(compiled), one_step_cost))
 
@@ -465,7 +487,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
   test_args = tuple(parallel.put_sharded(mesh, a) for a in test)
   state = variants[0].state
   eval_args = (state.params, state.batch_stats, *test_args, *train_args[2:])
-  evaluate, eval_lower_s, eval_compile_s = _lower_and_compile(
+  _, evaluate, eval_lower_s, eval_compile_s = _lower_and_compile(
       parallel.make_eval_step(model, mesh, dtype, chunk), *eval_args)
   jax.block_until_ready(evaluate(*eval_args))
   eval_times = []
@@ -486,6 +508,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
     seconds = times['median'] / 1e3
     flops = v.cost.get('flops')
     flops_per_step = None if flops is None else flops * num_devices
+    compiled_flops = v.cost.get('compiled_flops')
     bytes_accessed = v.cost.get('bytes accessed')
     tflops = None if flops_per_step is None else flops_per_step / seconds / 1e12
     reference = next(r for r in variants if r.k == v.k)  # the first schedule, same K
@@ -506,6 +529,8 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
         'train_images_per_sec': batch / seconds,
         'eval_images_per_sec': eval_images_per_sec, 'eval_examples': len(dataset.test_labels),
         'flops_per_step': flops_per_step,
+        'compiled_flops_per_step': (None if compiled_flops is None
+                                    else compiled_flops * num_devices),
         'flops_per_image': None if flops_per_step is None else flops_per_step / batch,
         'bytes_accessed_per_step': (None if bytes_accessed is None
                                     else bytes_accessed * num_devices),
@@ -593,7 +618,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
   with_torch = any(r.get('torch') for r in results)
   header = ['model', 'batch', 'precision', 'schedule', 'K', 'compile s',
             'step ms (p10-p90)', 'train img/s', 'eval img/s', 'GFLOP/img', 'TFLOP/s',
-            '% peak', 'peak mem GiB']
+            '% peak', 'group peak mem GiB']
   header += ['vs 1st schedule'] * with_ratio + ['torch img/s', 'JAX/torch'] * with_torch
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for r in results:

@@ -23,7 +23,8 @@ ROW_FIELDS = ('model', 'parameters', 'batch_size', 'per_device_batch', 'precisio
               'schedule_spec', 'momentum_spec', 'steps_per_dispatch', 'device_kind',
               'device_count', 'lower_s', 'compile_s', 'eval_lower_s', 'eval_compile_s',
               'step_time_ms', 'samples', 'timed_steps', 'train_images_per_sec',
-              'eval_images_per_sec', 'flops_per_step', 'flops_per_image',
+              'eval_images_per_sec', 'flops_per_step', 'compiled_flops_per_step',
+              'flops_per_image',
               'bytes_accessed_per_step', 'tflops', 'peak_basis', 'peak_tflops',
               'peak_fraction', 'peak_memory_bytes', 'compiled_memory_bytes',
               'schedule_cost_ratio', 'torch', 'jax_over_torch')
@@ -116,8 +117,28 @@ def test_flops_per_step_counts_every_device(quick_report):
   ds = data.load('synthetic', synthetic_size=(256, 64))
   args = [parallel.put_replicated(mesh, a) for a in (
       ds.train_images, ds.train_labels.astype(np.int32), ds.mean, ds.std)]
-  flops = benchmark.cost_analysis(step.compiled(1).lower(state, *args).compile())['flops']
-  assert row['flops_per_step'] == pytest.approx(flops, rel=0.02)
+  lowered = step.compiled(1).lower(state, *args)
+  # FLOPs of the program before optimisation; the optimised program's as the cross-check.
+  assert row['flops_per_step'] == pytest.approx(
+      benchmark.cost_analysis(lowered)['flops'], rel=0.02)
+  assert row['compiled_flops_per_step'] == pytest.approx(
+      benchmark.cost_analysis(lowered.compile())['flops'], rel=0.02)
+
+
+def test_unknown_costs_are_left_out_and_disagreement_is_logged(caplog):
+  class Program:
+    def __init__(self, cost):
+      self.cost = cost
+
+    def cost_analysis(self):
+      return self.cost
+
+  # XLA reports -1 for what it can't count (cuDNN custom calls in some versions).
+  assert benchmark.cost_analysis(Program([{'flops': -1.0, 'bytes accessed': 8.0}])) == {
+      'bytes accessed': 8.0}
+  cost = benchmark.step_cost(Program({'flops': 1e9}), Program({'flops': 1e6}))
+  assert cost == {'flops': 1e9, 'compiled_flops': 1e6}
+  assert 'TFLOP/s uses the first' in caplog.text
 
 
 def test_schedule_cost_comparison_runs(tmp_path):
