@@ -179,11 +179,14 @@ def run(config: Config, sweep: Sweep, *, workdir: str | None = None,
   test_labels = put(dataset.test_labels[subset].astype(np.int32))
   mean = put(np.asarray(dataset.mean, np.float32))
   std = put(np.asarray(dataset.std, np.float32))
-  one_epoch = train_size % batch == 0
+  # Epochs one batch can read: one when the batch size divides the epoch, else two.
+  epochs = parallel.epochs_spanned(batch, train_size, batch if train_size % batch == 0 else 1)
 
   def batch_fn(t):
     positions = t * batch + jnp.arange(batch, dtype=jnp.int32)
-    index = parallel.stream_indices(data_key, positions, train_size, one_epoch=one_epoch)
+    first_epoch = positions[0] // train_size
+    orders = parallel.epoch_orders(data_key, first_epoch, epochs, train_size)
+    index = parallel.stream_indices(orders, first_epoch, positions)
     x = parallel.augment_batch(images[index], augment_key, positions, config.augment)
     x = data.normalize(x, mean, std, dtype=dtype)
     # Split the batch over the devices; the compiler partitions the model accordingly.

@@ -111,21 +111,29 @@ class StepConfig(NamedTuple):
   first_example: int = 0
 
 
-def stream_indices(data_key: jax.Array, positions: jax.Array, train_size: int, *,
-                   one_epoch: bool = False) -> jax.Array:
-  """The training-set indices of the examples at stream ``positions`` (int32, increasing,
-  spanning fewer than ``train_size`` positions, so at most two epochs).
+def epochs_spanned(length: int, train_size: int, granule: int = 1) -> int:
+  """The most epochs that ``length`` consecutive stream positions can touch, when they start
+  at a multiple of ``granule`` (a divisor of ``train_size``; 1 for any start)."""
+  # The worst start is the last multiple of `granule` in an epoch.
+  return (train_size - granule + length - 1) // train_size + 1
 
-  ``one_epoch``: the caller knows the positions lie in one epoch (only that epoch's
-  permutation is drawn).
-  """
-  epoch = positions[0] // train_size
-  slot = positions % train_size
-  index = jax.random.permutation(jax.random.fold_in(data_key, epoch), train_size)[slot]
-  if one_epoch:
-    return index
-  following = jax.random.permutation(jax.random.fold_in(data_key, epoch + 1), train_size)
-  return jnp.where(positions // train_size == epoch, index, following[slot])
+
+def epoch_orders(data_key: jax.Array, first_epoch: jax.Array, count: int,
+                 train_size: int) -> jax.Array:
+  """The example orders of epochs ``first_epoch .. first_epoch + count - 1``: an int32
+  array of shape (count, train_size) whose row i is ``permutation(fold_in(data_key, e),
+  train_size)`` of epoch e = first_epoch + i."""
+  epochs = first_epoch + jnp.arange(count, dtype=jnp.int32)
+  return jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(data_key, e),
+                                                   train_size))(epochs)
+
+
+def stream_indices(orders: jax.Array, first_epoch: jax.Array, positions: jax.Array
+                   ) -> jax.Array:
+  """The training-set indices of the examples at stream ``positions``, which lie in the
+  epochs of ``orders = epoch_orders(data_key, first_epoch, ...)``."""
+  train_size = orders.shape[1]
+  return orders[positions // train_size - first_epoch, positions % train_size]
 
 
 def augment_batch(images: jax.Array, augment_key: jax.Array, positions: jax.Array,
@@ -146,18 +154,16 @@ def make_train_steps(model, tx: optax.GradientTransformation, mesh: jax.sharding
   local_batch = cfg.global_batch // num_devices
   data_key, augment_key, dropout_key = jax.random.split(key, 3)
 
-  def one_step(state: TrainState, images, labels, mean, std) -> TrainState:
+  def stream_start(step: jax.Array) -> jax.Array:
+    """The stream position of the first example of ``step``'s global batch."""
+    return cfg.first_example + (step - cfg.first_step) * cfg.global_batch
+
+  def one_step(state: TrainState, images, labels, mean, std, orders, first_epoch
+               ) -> TrainState:
     replica = lax.axis_index(AXIS)
-    train_size = labels.shape[0]
-    # Batches start at multiples of the batch size in the stream: when it divides the
-    # epoch, no batch spans two epochs and one permutation per step is enough.
-    one_epoch = train_size % cfg.global_batch == 0 and cfg.first_example % cfg.global_batch == 0
-    # Recomputing the epoch's permutation each step keeps the step a pure function of the
-    # state (a sort of 50k ints: microseconds).
-    first = (cfg.first_example + (state.step - cfg.first_step) * cfg.global_batch
-             + replica * local_batch)
-    positions = first + jnp.arange(local_batch, dtype=jnp.int32)
-    index = stream_indices(data_key, positions, train_size, one_epoch=one_epoch)
+    positions = (stream_start(state.step) + replica * local_batch
+                 + jnp.arange(local_batch, dtype=jnp.int32))
+    index = stream_indices(orders, first_epoch, positions)
     x = augment_batch(images[index], augment_key, positions, cfg.augment)
     x = data.normalize(x, mean, std, dtype=cfg.dtype)
     y = labels[index]
@@ -193,11 +199,21 @@ def make_train_steps(model, tx: optax.GradientTransformation, mesh: jax.sharding
   unroll = mesh.devices.flat[0].platform == 'cpu'
 
   def replica_train(state, images, labels, mean, std, *, num_steps):
-    def body(state, _):
-      return one_step(state, images, labels, mean, std), None
+    # The orders of the epochs that this dispatch's batches read, drawn once per dispatch
+    # (each is a sort of the training set: with K steps per dispatch, 1/K of them per step)
+    # and kept a pure function of the state. When the batch size divides the epoch, batches
+    # start at multiples of it and a single step never reads two epochs.
+    train_size = labels.shape[0]
+    aligned = train_size % cfg.global_batch == 0 and cfg.first_example % cfg.global_batch == 0
+    first_epoch = stream_start(state.step) // train_size
+    orders = epoch_orders(data_key, first_epoch, epochs_spanned(
+        num_steps * cfg.global_batch, train_size, cfg.global_batch if aligned else 1),
+        train_size)
+    step = lambda state: one_step(state, images, labels, mean, std, orders, first_epoch)
     if num_steps == 1:
-      return one_step(state, images, labels, mean, std)
-    state, _ = lax.scan(body, state, length=num_steps, unroll=unroll)
+      return step(state)
+    state, _ = lax.scan(lambda state, _: (step(state), None), state, length=num_steps,
+                        unroll=unroll)
     return state
 
   @functools.cache

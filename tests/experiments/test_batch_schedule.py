@@ -104,14 +104,29 @@ def test_the_data_stream_does_not_depend_on_how_it_is_batched():
   key = jax.random.key(0)
   n = 48
   positions = jnp.arange(4 * n, dtype=jnp.int32)  # four epochs, in one piece
-  whole = parallel.stream_indices(key, positions[:n], n, one_epoch=True)
-  assert sorted(np.asarray(whole).tolist()) == list(range(n))  # an epoch is a permutation
-  reference = np.concatenate([np.asarray(parallel.stream_indices(
-      key, positions[e * n:(e + 1) * n], n, one_epoch=True)) for e in range(4)])
-  for batch in (5, 16, 40):  # batches that straddle epoch ends
-    got = np.concatenate([np.asarray(parallel.stream_indices(key, positions[s:s + batch], n))
-                          for s in range(0, 3 * n, batch)])
+  reference = np.asarray(parallel.stream_indices(
+      parallel.epoch_orders(key, jnp.int32(0), 4, n), jnp.int32(0), positions))
+  for e in range(4):  # an epoch is a permutation, its own
+    assert sorted(reference[e * n:(e + 1) * n].tolist()) == list(range(n))
+    assert reference[e * n:(e + 1) * n].tolist() != list(range(n))
+  for length in (5, 16, 40, 100):  # dispatches that straddle epoch ends
+    count = parallel.epochs_spanned(length, n)
+    got = []
+    for start in range(0, 3 * n, length):
+      first_epoch = jnp.int32(start // n)
+      orders = parallel.epoch_orders(key, first_epoch, count, n)
+      got.append(parallel.stream_indices(orders, first_epoch, positions[start:start + length]))
+    got = np.concatenate(got)
     np.testing.assert_array_equal(got, reference[:len(got)])
+
+
+@pytest.mark.parametrize('train_size, length, granule', [
+    (48, 1, 1), (48, 5, 1), (48, 48, 1), (48, 49, 1), (48, 96, 1), (48, 150, 1),
+    (48, 16, 16), (48, 32, 16), (48, 48, 16), (48, 64, 16), (48, 48, 48), (50, 7, 1)])
+def test_epochs_spanned_is_the_most_any_aligned_start_touches(train_size, length, granule):
+  starts = range(0, 3 * train_size, granule)
+  most = max((s + length - 1) // train_size - s // train_size + 1 for s in starts)
+  assert parallel.epochs_spanned(length, train_size, granule) == most
 
 
 @pytest.fixture(scope='module')
@@ -146,8 +161,8 @@ def test_interrupted_in_the_second_phase_and_resumed_is_bit_identical(uninterrup
 
   monkeypatch.setattr(Progress, 'update', preempt_once)
   summary = train.train_and_evaluate(phased(workdir))
-  assert summary['status'] == 'interrupted' and summary['steps'] == 4
+  assert summary['status'] == 'interrupted' and summary['steps'] == 3
   monkeypatch.setattr(Progress, 'update', original_update)
   resumed = train.train_and_evaluate(phased(workdir))
-  assert resumed['resumed_from_step'] == 4 and resumed['status'] == 'finished'
+  assert resumed['resumed_from_step'] == 3 and resumed['status'] == 'finished'
   assert_trees_equal(final_params(workdir), final_params(reference))

@@ -95,15 +95,17 @@ def test_state_is_donated_and_updated_in_place(compiled_step):
   assert all(fresh[i].is_deleted() for i in arrays)
 
 
-def test_steps_have_no_host_round_trip_and_are_unrolled():
+def test_steps_have_no_host_round_trip_and_shuffle_once_per_dispatch():
   steps, state, inputs = _step('bfloat16')
   one, three = (_hlo(steps, state, inputs, k) for k in (1, 3))
   for op in ('outfeed', 'infeed', ' send(', ' recv(', 'host-compute'):
     assert op not in three, op
   assert not re.search(r'custom_call_target="[^"]*callback', three)
-  # K steps per dispatch are straight-line code: three steps compile to three times the
-  # convolutions of one, where a rolled loop would hold one copy.
+  # K steps per dispatch are straight-line code on CPU: three steps compile to three times
+  # the convolutions of one, where a rolled loop would hold one copy.
   assert three.count(' convolution(') == 3 * one.count(' convolution(') > 0
+  # The epochs' orders (a sort each) are drawn once per dispatch, not once per step.
+  assert three.count(' sort(') == one.count(' sort(') > 0
 
 
 def test_replicas_exchange_only_gradients_statistics_and_metrics():
