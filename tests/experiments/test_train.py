@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -298,3 +299,45 @@ def test_two_processes_over_loopback_match_one_process(tmp_path):
   train.train_and_evaluate(tiny(tmp_path / 'single', steps=3), devices=jax.devices()[:4])
   assert_trees_equal(final_params(tmp_path / 'multi'), final_params(tmp_path / 'single'),
                      rtol=2e-4, atol=2e-6)
+
+
+def test_a_signal_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
+  """SIGTERM to process 1 only: the hosts agree at the next sync point, both save the same
+  step and exit cleanly, and the same command resumes both."""
+  workdir = tmp_path / 'multi'
+  args = ['--dataset=synthetic', '--model=resnet8', '--steps=100', '--batch_size=32',
+          '--synthetic_examples=256', '--schedule=one_cycle(max_lr=0.2)', '--momentum=0.9',
+          '--bn_group_size=4', '--eval_every=50', '--checkpoint_every=10', '--log_every=5',
+          f'--workdir={workdir}']
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+
+  def launch():
+    port = _free_port()
+    return [subprocess.Popen(
+        [sys.executable, '-m', 'experiments.cifar', *args, '--distributed',
+         f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+         f'--process_id={i}'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+  procs = launch()
+  deadline = time.time() + 300
+  while not (workdir / 'checkpoints' / '10').exists():  # training is under way
+    assert time.time() < deadline and all(p.poll() is None for p in procs)
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=300) for p in procs]
+  stops = []
+  for p, (_, err) in zip(procs, outputs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+    stops += [int(s) for s in re.findall(r'stopped by SIGTERM at step (\d+)', err)]
+  assert len(stops) == 2 and stops[0] == stops[1] and stops[0] % 5 == 0, stops
+  assert (workdir / 'checkpoints' / str(stops[0])).exists()
+  assert not (workdir / 'summary.json').exists()
+
+  procs = launch()
+  for p, (_, err) in zip(procs, [p.communicate(timeout=400) for p in procs], strict=True):
+    assert p.returncode == 0, err[-3000:]
+  summary = json.load(open(workdir / 'summary.json'))
+  assert summary['status'] == 'finished' and summary['steps'] == 100
+  assert summary['resumed_from_step'] == stops[0]
