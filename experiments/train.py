@@ -411,8 +411,9 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   stopped_by = None
   saved_step = start_step if restored is not None else None
 
-  def sync_point(state: parallel.TrainState) -> parallel.TrainState:
-    """Reads the (few) scalars, checks for divergence, logs, evaluates and saves when due."""
+  def sync_point(step: int, state: parallel.TrainState) -> parallel.TrainState:
+    """After ``step`` updates: reads the (few) scalars, checks for divergence, logs, and
+    evaluates and saves when due."""
     nonlocal best_accuracy, saved_step
     hp = lrsched.hyperparams(state.opt_state)
     metrics = jax.device_get(state.metrics)
@@ -479,7 +480,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
       # between them skips nothing that was due.
       at_sync_point = step == boundary or step == total_steps
       if at_sync_point:
-        state = sync_point(state)
+        state = sync_point(step, state)
       if stop.requested(at_sync_point=at_sync_point) and step < total_steps:
         stopped_by = signal.Signals(stop.signal or signal.SIGTERM).name
         break

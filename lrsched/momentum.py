@@ -45,17 +45,17 @@ def momentum_for(schedule: Schedule, base_momentum: Numeric = 0.85,
   name = schedule.name
   if name == 'one_cycle':
     return onecycle.one_cycle_momentum(a['total_steps'], pct_start=a['pct_start'],
-                                        anneal=a['anneal'], three_phase=a['three_phase'],
-                                        **both)
+                                       anneal=a['anneal'], three_phase=a['three_phase'],
+                                       **both)
   if name == 'fastai_one_cycle':
     return onecycle.fastai_one_cycle_momentum(a['total_steps'], pct_start=a['pct_start'],
-                                               **both)
+                                              **both)
   if name in ('smith_one_cycle', 'caffe_one_cycle'):
     return onecycle.smith_one_cycle_momentum(a['total_steps'], step_size=a['step_size'],
-                                              **both)
+                                             **both)
   if name == 'super_convergence':
     return onecycle.smith_one_cycle_momentum(2 * a['step_size'], step_size=a['step_size'],
-                                              **both)
+                                             **both)
   if name == 'cyclic':
     return cyclical.cyclic_momentum(step_size_up=a['step_size_up'],
                                     step_size_down=a['step_size_down'], mode=a['mode'],
