@@ -32,7 +32,11 @@ For each configuration (model, global batch, precision, schedule, K) it reports
 * ``peak_memory_bytes`` (``memory_stats()['peak_bytes_in_use']``, None where the backend has
   no statistics, e.g. CPU): the peak of the whole group (every schedule and K compiled and
   run in one process), the same on each of its rows; ``compiled_memory_bytes``: XLA's
-  memory analysis of the row's own program.
+  memory analysis of the row's own program;
+* with ``--profile_dir``: ``profile``, where the device time of ``--profile_steps`` traced
+  steps goes (`experiments.profiling`: the device's busy fraction, time per step by kind of
+  op, the top ops; None on CPU, which has no device timeline), and ``profile_dir``, the
+  row's trace for Perfetto or TensorBoard. Tracing runs after the timing.
 
 With several ``--schedules``, every schedule's step is compiled in the same process and their
 samples are interleaved, so that clock and thermal drift cancel; ``schedule_cost_ratio`` is
@@ -59,6 +63,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -112,11 +117,17 @@ def define_flags() -> None:
                        '--quick: compiling on CPU takes a minute).')
   flags.DEFINE_string('torch_compile_mode', 'default', 'torch.compile mode of the reference '
                       "('reduce-overhead' for CUDA graphs).")
+  flags.DEFINE_string('profile_dir', None, 'Also trace --profile_steps steps of every row '
+                      'with jax.profiler into this folder (one subfolder a row) and put a '
+                      'summary of the device time in the row (experiments.profiling).')
+  flags.DEFINE_integer('profile_steps', 20, 'Steps traced per row with --profile_dir '
+                       '(rounded up to a multiple of K).')
 
 
 QUICK = dict(models=['resnet8'], batch_sizes=['16'], precisions=['float32'],
              steps_per_dispatch=['1', '2'], train_examples=256, test_examples=64,
-             warmup_steps=2, samples=3, steps_per_sample=1, eval_repeats=2, torch_compile=False)
+             warmup_steps=2, samples=3, steps_per_sample=1, eval_repeats=2, torch_compile=False,
+             profile_steps=2)
 
 SCHEDULE_SHORTHANDS = {
     'triangular': 'triangular(base_lr=0.08, step_size=2000)',
@@ -231,6 +242,8 @@ class Settings:
   torch: bool
   torch_compile: bool
   torch_compile_mode: str
+  profile_dir: str | None = None
+  profile_steps: int = 20
 
   def groups(self) -> Iterator[tuple[str, int, str]]:
     """(model, global batch, precision), in the order they run."""
@@ -249,7 +262,9 @@ class Settings:
             f'--test_examples={self.test_examples}', f'--warmup_steps={self.warmup_steps}',
             f'--samples={self.samples}', f'--steps_per_sample={self.steps_per_sample}',
             f'--eval_repeats={self.eval_repeats}', f'--seed={self.seed}', '--noquick',
-            '--noisolate', '--notorch', f'--json={json_path}']
+            '--noisolate', '--notorch', f'--json={json_path}',
+            f'--profile_steps={self.profile_steps}',
+            *([f'--profile_dir={self.profile_dir}'] if self.profile_dir else [])]
 
 
 def _ints(name: str, values: Sequence[str]) -> tuple[int, ...]:
@@ -282,9 +297,9 @@ def settings_from_flags() -> Settings:
       **{name: value(name) for name in (
           'momentum', 'lr', 'train_examples', 'test_examples', 'warmup_steps', 'samples',
           'steps_per_sample', 'eval_repeats', 'seed', 'quick', 'isolate', 'torch',
-          'torch_compile', 'torch_compile_mode')})
+          'torch_compile', 'torch_compile_mode', 'profile_dir', 'profile_steps')})
   for name in ('train_examples', 'test_examples', 'warmup_steps', 'samples',
-               'steps_per_sample', 'eval_repeats'):
+               'steps_per_sample', 'eval_repeats', 'profile_steps'):
     if getattr(settings, name) < 1:
       raise BenchmarkError(f'--{name} must be >= 1, got {getattr(settings, name)}')
   if not settings.models or not settings.precisions or not settings.schedules:
@@ -294,7 +309,7 @@ def settings_from_flags() -> Settings:
   # Every configuration is checked before anything is compiled or any process started.
   for model, batch, precision in settings.groups():
     for schedule in settings.schedules:
-      plan(settings, model, batch, precision, schedule, settings.steps_per_dispatch[0])
+      plan(settings, model, batch, precision, schedule)
   return settings
 
 
@@ -311,16 +326,16 @@ class Plan(NamedTuple):
   momentum: Any  # float, lrsched.Schedule or None
 
 
-def plan(settings: Settings, model: str, batch: int, precision: str, schedule: str,
-         k: int) -> Plan:
-  """Checks one configuration and builds its optimizer; BenchmarkError if it is bad."""
+def plan(settings: Settings, model: str, batch: int, precision: str, schedule: str) -> Plan:
+  """Checks one configuration and builds its optimizer; BenchmarkError if it is bad. (K is
+  not part of it: the benchmark compiles each K's program itself.)"""
   from experiments import train
   from experiments.config import Config, ConfigError
 
   config = Config(model=model, batch_size=batch, precision=precision, dataset='synthetic',
                   schedule=SCHEDULE_SHORTHANDS.get(schedule, schedule),
                   momentum=settings.momentum, lr=settings.lr, seed=settings.seed,
-                  synthetic_examples=settings.train_examples, steps_per_dispatch=k)
+                  synthetic_examples=settings.train_examples)
   try:
     train.build_model(config)
     # As the trainer resolves it: the schedules span its default run (95 epochs) of this
@@ -402,6 +417,10 @@ def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
           'p90': float(np.percentile(ms, 90))}
 
 
+def _slug(text: str) -> str:
+  return re.sub(r'[^A-Za-z0-9.=-]+', '_', text).strip('_')[:64]
+
+
 def _lower_and_compile(jitted, *args) -> tuple[Any, Any, float, float]:
   start = time.perf_counter()
   lowered = jitted.lower(*args)
@@ -427,7 +446,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
   import jax
   import jax.numpy as jnp
 
-  from experiments import data, parallel, train
+  from experiments import data, parallel, profiling, train
 
   devices = jax.devices()
   mesh = parallel.make_mesh(devices)
@@ -436,7 +455,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
   if dataset is None:
     dataset = data.load('synthetic', seed=settings.seed,
                         synthetic_size=(settings.train_examples, settings.test_examples))
-  base = plan(settings, model_name, batch, precision, settings.schedules[0], 1).config
+  base = plan(settings, model_name, batch, precision, settings.schedules[0]).config
   local_batch = train.check_devices(base, num_devices)
   model = train.build_model(base)  # the trainer's own model builder
   train_args = (parallel.put_replicated(mesh, dataset.train_images),
@@ -448,7 +467,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
 
   variants: list[_Variant] = []
   for schedule in settings.schedules:
-    p = plan(settings, model_name, batch, precision, schedule, 1)
+    p = plan(settings, model_name, batch, precision, schedule)
     train_steps = parallel.make_train_steps(
         model, p.tx, mesh,
         parallel.StepConfig(batch, p.config.augment, dtype), step_key)
@@ -496,6 +515,18 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
     jax.block_until_ready(evaluate(*eval_args))
     eval_times.append(time.perf_counter() - start)
   eval_images_per_sec = len(dataset.test_labels) / float(np.median(eval_times))
+
+  profiles: dict[int, tuple[str, dict[str, Any] | None]] = {}
+  if settings.profile_dir:  # after the timing, so that tracing cannot disturb it
+    for i, v in enumerate(variants):
+      where = os.path.join(settings.profile_dir, _slug(f'{model_name}-b{batch}-{precision}'),
+                           _slug(f'{i}-{v.schedule}-k{v.k}'))
+      dispatches = -(-settings.profile_steps // v.k)
+      with profiling.trace(where):
+        for _ in range(dispatches):
+          v.state = v.compiled(v.state, *train_args)
+        jax.block_until_ready(v.state)
+      profiles[i] = where, profiling.summarize(where, dispatches * v.k)
   peak_memory = peak_memory_bytes(mesh.local_devices)
 
   parameters = sum(x.size for x in jax.tree.leaves(variants[0].state.params))
@@ -503,7 +534,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
   basis = peak_basis(device.platform, precision, jax.config.jax_default_matmul_precision)
   peak = peak_tflops(device.device_kind, basis)
   rows = []
-  for v in variants:
+  for i, v in enumerate(variants):
     times = percentiles_ms(v.times)
     seconds = times['median'] / 1e3
     flops = v.cost.get('flops')
@@ -540,6 +571,8 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
         'peak_memory_bytes': peak_memory,
         'compiled_memory_bytes': v.compiled_memory_bytes,
         'schedule_cost_ratio': ratio,
+        'profile_dir': profiles.get(i, (None, None))[0],
+        'profile': profiles.get(i, (None, None))[1],
         'torch': None, 'jax_over_torch': None,
     })
   return rows
@@ -616,10 +649,12 @@ def markdown(results: list[dict[str, Any]]) -> str:
   """The results as a markdown table (and the schedule-cost column where it applies)."""
   with_ratio = any(r.get('schedule_cost_ratio') is not None for r in results)
   with_torch = any(r.get('torch') for r in results)
+  with_profile = any(r.get('profile') for r in results)
   header = ['model', 'batch', 'precision', 'schedule', 'K', 'compile s',
             'step ms (p10-p90)', 'train img/s', 'eval img/s', 'GFLOP/img', 'TFLOP/s',
             '% peak', 'group peak mem GiB']
   header += ['vs 1st schedule'] * with_ratio + ['torch img/s', 'JAX/torch'] * with_torch
+  header += ['device busy %', 'top device op'] * with_profile
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for r in results:
     if 'error' in r:
@@ -641,6 +676,11 @@ def markdown(results: list[dict[str, Any]]) -> str:
         torch_result = r.get('torch') or {}
         cells += [_fmt(torch_result.get('images_per_sec'), ',.0f'),
                   _fmt(r.get('jax_over_torch'), '.2f')]
+      if with_profile:
+        profile = r.get('profile') or {}
+        top = (profile.get('top_ops') or [{}])[0]
+        cells += [_fmt(profile.get('device_busy_fraction'), '.1f', 100.0),
+                  (f'{top["name"][:32]} ({top["fraction"]:.0%})' if top else '-')]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 

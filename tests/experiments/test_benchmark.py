@@ -27,7 +27,7 @@ ROW_FIELDS = ('model', 'parameters', 'batch_size', 'per_device_batch', 'precisio
               'flops_per_image',
               'bytes_accessed_per_step', 'tflops', 'peak_basis', 'peak_tflops',
               'peak_fraction', 'peak_memory_bytes', 'compiled_memory_bytes',
-              'schedule_cost_ratio', 'torch', 'jax_over_torch')
+              'schedule_cost_ratio', 'profile_dir', 'profile', 'torch', 'jax_over_torch')
 TORCH_FIELDS = ('model', 'parameters', 'batch_size', 'precision', 'images_per_sec',
                 'step_time_ms', 'compile_s', 'device', 'torch_version')
 
@@ -51,8 +51,10 @@ def _check_times(times: dict) -> None:
 
 @pytest.fixture(scope='module')
 def quick_report(tmp_path_factory):
-  path = tmp_path_factory.mktemp('bench') / 'out.json'
-  result = _run(['-m', 'experiments.benchmark', '--quick', '--torch', f'--json={path}'])
+  folder = tmp_path_factory.mktemp('bench')
+  path = folder / 'out.json'
+  result = _run(['-m', 'experiments.benchmark', '--quick', '--torch', f'--json={path}',
+                 f'--profile_dir={folder / "profile"}'])
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(path.read_text()), result.stdout
 
@@ -100,6 +102,15 @@ def test_quick_run_compares_with_the_same_torch_model(quick_report):
   for row in rows:
     assert row['jax_over_torch'] == pytest.approx(
         row['train_images_per_sec'] / 2 / reference['images_per_sec'])
+
+
+def test_every_row_has_its_own_trace(quick_report):
+  from experiments import profiling
+  rows = quick_report[0]['results']
+  assert len({row['profile_dir'] for row in rows}) == len(rows)
+  for row in rows:
+    assert profiling.newest_trace_file(row['profile_dir']) is not None
+    assert row['profile'] is None  # CPU: no device timeline to summarise
 
 
 def test_flops_per_step_counts_every_device(quick_report):
