@@ -25,7 +25,10 @@ For each configuration (model, global batch, precision, schedule, K) it reports
 * ``flops_per_step`` from XLA's cost analysis of the one-step program before optimisation
   (summed over devices: the analysis is of the per-device program), where every convolution
   is still a convolution: after optimisation a GPU's convolutions are cuDNN custom calls,
-  which some XLA versions count as nothing. ``compiled_flops_per_step``, the optimised
+  which some XLA versions count as nothing. Where the backend cannot analyse a lowered
+  program (the PJRT C API plugins: CUDA, TPU), the same step lowered for one CPU device at
+  the per-device batch is analysed; ``flops_source`` says which ('lowered', 'lowered on
+  cpu', or 'compiled' as the last resort). ``compiled_flops_per_step``, the optimised
   program's count, is the cross-check (a warning is logged when they differ by more than
   2x). ``tflops`` achieved and ``peak_fraction`` of the devices' dense peak (`PEAK_TFLOPS`;
   None for unknown devices);
@@ -58,6 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import importlib.util
 import json
 import logging
@@ -69,7 +73,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -372,11 +376,22 @@ def cost_analysis(program) -> dict[str, float]:
   return {k: float(v) for k, v in (cost or {}).items() if v is not None and v > 0}
 
 
-def step_cost(lowered, compiled) -> dict[str, float]:
+def step_cost(lowered, compiled, lower_on_cpu: Callable[[], Any] | None = None
+              ) -> dict[str, Any]:
   """The FLOPs of the program before optimisation, the bytes accessed after it (fusion
-  decides what is read), and the compiled program's FLOPs as a cross-check."""
+  decides what is read), and the compiled program's FLOPs as a cross-check.
+
+  Backends behind the PJRT C API (the CUDA and TPU plugins) cannot analyse a lowered
+  program; there ``lower_on_cpu()``, the same step lowered for one CPU device at the
+  per-device batch, is analysed instead (``flops_source`` says which).
+  """
   before, after = cost_analysis(lowered), cost_analysis(compiled)
-  cost = {'flops': before.get('flops', after.get('flops')),
+  source = 'lowered'
+  if 'flops' not in before and lower_on_cpu is not None:
+    before, source = cost_analysis(lower_on_cpu()), 'lowered on cpu'
+  if 'flops' not in before:
+    source = 'compiled'
+  cost = {'flops': before.get('flops', after.get('flops')), 'flops_source': source,
           'compiled_flops': after.get('flops'), 'bytes accessed': after.get('bytes accessed')}
   if cost['flops'] and cost['compiled_flops']:
     ratio = cost['compiled_flops'] / cost['flops']
@@ -384,6 +399,21 @@ def step_cost(lowered, compiled) -> dict[str, float]:
       log.warning('XLA counts %.3g FLOPs in the step before optimisation but %.3g after: '
                   'TFLOP/s uses the first', cost['flops'], cost['compiled_flops'])
   return {k: v for k, v in cost.items() if v is not None}
+
+
+def lower_one_step_on_cpu(model, tx, cfg, local_batch: int, key, state, train_args):
+  """The one-step training program of one CPU device at the per-device batch, lowered
+  from the shapes of ``state`` and ``train_args`` (nothing is copied)."""
+  import jax
+
+  from experiments import parallel
+
+  mesh = parallel.make_mesh(jax.devices('cpu')[:1])
+  steps = parallel.make_train_steps(model, tx, mesh, cfg._replace(global_batch=local_batch),
+                                    key)
+  sharding = parallel.replicated(mesh)
+  abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  return steps.compiled(1).lower(*jax.tree.map(abstract, (state, *train_args)))
 
 
 def memory_analysis_bytes(compiled) -> int | None:
@@ -468,9 +498,8 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
   variants: list[_Variant] = []
   for schedule in settings.schedules:
     p = plan(settings, model_name, batch, precision, schedule)
-    train_steps = parallel.make_train_steps(
-        model, p.tx, mesh,
-        parallel.StepConfig(batch, p.config.augment, dtype), step_key)
+    step_config = parallel.StepConfig(batch, p.config.augment, dtype)
+    train_steps = parallel.make_train_steps(model, p.tx, mesh, step_config, step_key)
     initial = train.create_state(model, p.tx, mesh, init_key, local_batch)
     one_step_cost = None
     for k in sorted(settings.steps_per_dispatch, key=lambda k: k != 1):  # K=1 first
@@ -485,7 +514,10 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
         # is that of the one-step program (compiled here only for that if K=1 isn't run).
         if k != 1:
           lowered = train_steps.compiled(1).lower(state, *train_args)
-        one_step_cost = step_cost(lowered, compiled if k == 1 else lowered.compile())
+        one_step_cost = step_cost(
+            lowered, compiled if k == 1 else lowered.compile(),
+            functools.partial(lower_one_step_on_cpu, model, p.tx, step_config, local_batch,
+                              step_key, state, train_args))
       variants.append(_Variant(schedule, k, p, compiled, state, lower_s, compile_s,
                                memory_analysis_bytes(compiled), one_step_cost))
 
@@ -562,6 +594,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
         'flops_per_step': flops_per_step,
         'compiled_flops_per_step': (None if compiled_flops is None
                                     else compiled_flops * num_devices),
+        'flops_source': v.cost.get('flops_source'),
         'flops_per_image': None if flops_per_step is None else flops_per_step / batch,
         'bytes_accessed_per_step': (None if bytes_accessed is None
                                     else bytes_accessed * num_devices),

@@ -24,7 +24,7 @@ ROW_FIELDS = ('model', 'parameters', 'batch_size', 'per_device_batch', 'precisio
               'device_count', 'lower_s', 'compile_s', 'eval_lower_s', 'eval_compile_s',
               'step_time_ms', 'samples', 'timed_steps', 'train_images_per_sec',
               'eval_images_per_sec', 'flops_per_step', 'compiled_flops_per_step',
-              'flops_per_image',
+              'flops_source', 'flops_per_image',
               'bytes_accessed_per_step', 'tflops', 'peak_basis', 'peak_tflops',
               'peak_fraction', 'peak_memory_bytes', 'compiled_memory_bytes',
               'schedule_cost_ratio', 'profile_dir', 'profile', 'torch', 'jax_over_torch')
@@ -148,8 +148,38 @@ def test_unknown_costs_are_left_out_and_disagreement_is_logged(caplog):
   assert benchmark.cost_analysis(Program([{'flops': -1.0, 'bytes accessed': 8.0}])) == {
       'bytes accessed': 8.0}
   cost = benchmark.step_cost(Program({'flops': 1e9}), Program({'flops': 1e6}))
-  assert cost == {'flops': 1e9, 'compiled_flops': 1e6}
+  assert cost == {'flops': 1e9, 'flops_source': 'lowered', 'compiled_flops': 1e6}
   assert 'TFLOP/s uses the first' in caplog.text
+  # A backend that can't analyse a lowering (JAX returns None): the CPU lowering is used,
+  # and without one, the compiled program's count.
+  cost = benchmark.step_cost(Program(None), Program({'flops': 1e9}), lambda: Program(
+      {'flops': 1.1e9}))
+  assert cost['flops'] == 1.1e9 and cost['flops_source'] == 'lowered on cpu'
+  cost = benchmark.step_cost(Program(None), Program({'flops': 1e9}))
+  assert cost['flops'] == 1e9 and cost['flops_source'] == 'compiled'
+
+
+def test_the_cpu_lowering_counts_the_flops_of_one_device():
+  # Two devices at batch 16 run 8 examples each: one CPU device at batch 8 has the same
+  # per-device FLOPs.
+  config = Config(model='resnet8', batch_size=16, dataset='synthetic', lr=0.8)
+  model = models.create_model('resnet8', num_classes=10)
+  tx = train.build_optimizer(config, *train.build_schedules(config, 100))
+  ds = data.load('synthetic', synthetic_size=(256, 64))
+  flops = {}
+  for devices, batch in ((2, 16), (1, 8)):
+    mesh = parallel.make_mesh(jax.devices()[:devices])
+    state = train.create_state(model, tx, mesh, jax.random.key(0), 8)
+    args = [parallel.put_replicated(mesh, a) for a in (
+        ds.train_images, ds.train_labels.astype(np.int32), ds.mean, ds.std)]
+    cfg = parallel.StepConfig(batch, 'flip', jnp.float32)
+    flops[devices] = benchmark.cost_analysis(parallel.make_train_steps(
+        model, tx, mesh, cfg, jax.random.key(1)).compiled(1).lower(state, *args))['flops']
+    if devices == 2:
+      on_cpu = benchmark.lower_one_step_on_cpu(model, tx, cfg, 8, jax.random.key(1), state,
+                                               args)
+  assert benchmark.cost_analysis(on_cpu)['flops'] == pytest.approx(flops[1], rel=1e-6)
+  assert flops[2] == pytest.approx(flops[1], rel=0.02)
 
 
 def test_schedule_cost_comparison_runs(tmp_path):
