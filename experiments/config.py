@@ -103,8 +103,9 @@ class Config:
 
   steps_per_dispatch: int = _field(
       1, 'Training steps run inside one dispatch (a lax.scan); the results are the same up to '
-      'float rounding. It must divide --log_every, --eval_every and --checkpoint_every, where '
-      'a dispatch ends.')
+      'float rounding. Above 1 it needs --eval_every, and it must divide --log_every, '
+      '--eval_every and --checkpoint_every, where a dispatch ends (and the first step of '
+      'each --batch_schedule phase).')
 
   # Bookkeeping.
   seed: int = _field(0, 'Seed for initialisation, data order and augmentation.')
@@ -179,17 +180,26 @@ class Config:
         raise ConfigError(f'--{name} must be >= 1, got {getattr(self, name)}')
     if self.eval_every is not None and self.eval_every < 1:
       raise ConfigError(f'--eval_every must be >= 1, got {self.eval_every}')
+    # A dispatch ends at every log, evaluation and checkpoint step, and each dispatch of
+    # fewer than K steps is a program of its own, compiled on first use.
     k = self.steps_per_dispatch
-    for name in ('log_every', 'eval_every', 'checkpoint_every'):
-      every = getattr(self, name)
-      # Each dispatch of fewer than K steps is a program of its own, compiled on first use.
-      if every is not None and every % k:
-        divisors = [d for d in range(k, 0, -1) if every % d == 0][:3]
+    if k > 1 and self.eval_every is None:
+      raise ConfigError(
+          f'--steps_per_dispatch={k} needs --eval_every (a multiple of {k}): evaluations at '
+          'epoch ends fall at steps that are not multiples of K, and each shorter dispatch '
+          'before one would compile a program of its own')
+    intervals = {name: getattr(self, name) for name in ('log_every', 'eval_every',
+                                                         'checkpoint_every')
+                 if getattr(self, name) is not None}
+    for name, every in intervals.items():
+      if every % k:
+        common = math.gcd(*intervals.values())
+        fits = max(d for d in range(1, k + 1) if common % d == 0)
         raise ConfigError(
             f'--steps_per_dispatch={k} does not divide --{name}={every}: a dispatch ends '
             f'every {every} steps, so a {every % k}-step program would be compiled too. Use '
-            f'--steps_per_dispatch={divisors[0]} (or another divisor of {every}), or a '
-            f'multiple of {k} for --{name}')
+            f'--steps_per_dispatch={fits}, which divides --log_every, --eval_every and '
+            f'--checkpoint_every, or a multiple of {k} for --{name}')
     if self.train_examples is not None and self.train_examples < 1:
       raise ConfigError(f'--train_examples must be >= 1, got {self.train_examples}')
 

@@ -243,6 +243,14 @@ def plan(config: Config, train_size: int, num_devices: int) -> Plan:
     raise ConfigError(f'unknown --dataset={config.dataset!r}; valid: {", ".join(data.DATASETS)}')
   check_devices(config, num_devices)
   phases, total_steps = resolve_phases(config, train_size)
+  k = config.steps_per_dispatch
+  for ph in phases:
+    if ph.first_step % k:
+      raise ConfigError(
+          f'--steps_per_dispatch={k} does not divide step {ph.first_step}, where the batch '
+          f'size becomes {ph.batch_size} (--batch_schedule): each phase is a program of its '
+          'own, and a shorter dispatch before its start would compile one more; use '
+          '--steps_per_dispatch=1, or a K that divides the phase starts')
   lr, momentum = build_schedules(config, total_steps)
   if len(phases) > 1 and config.batch_lr_scaling != 'none':
     lr = BatchScaledSchedule(lr, phases, config.batch_lr_scaling)

@@ -166,3 +166,11 @@ def test_interrupted_in_the_second_phase_and_resumed_is_bit_identical(uninterrup
   resumed = train.train_and_evaluate(phased(workdir))
   assert resumed['resumed_from_step'] == 3 and resumed['status'] == 'finished'
   assert_trees_equal(final_params(workdir), final_params(reference))
+
+
+def test_steps_per_dispatch_must_divide_the_phase_starts():
+  config = phased(steps_per_dispatch=4, eval_every=4, log_every=4, checkpoint_every=4,
+                  steps=8)
+  with pytest.raises(ConfigError, match='does not divide step 2, where the batch size becomes 64'):
+    train.plan(config, 128, 1)
+  assert train.plan(config.replace(steps_per_dispatch=2), 128, 1).phases[1].first_step == 2

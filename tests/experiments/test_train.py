@@ -148,7 +148,7 @@ def test_a_stop_never_skips_a_due_evaluation(finished_run, tmp_path, monkeypatch
   config = tiny(workdir, log_every=3)  # steps 1, 2, 4, 5 are dispatched without a sync
   summary = train.train_and_evaluate(config)
   assert summary['steps'] == signalled_during_step
-  assert summary['status'] == 'interrupted' if signalled_during_step < 6 else 'finished'
+  assert summary['status'] == ('interrupted' if signalled_during_step < 6 else 'finished')
   monkeypatch.undo()
   resumed = train.train_and_evaluate(config)
   assert resumed['status'] == 'finished'
@@ -223,6 +223,10 @@ def test_nan_loss_stops_naming_step_and_lr_and_keeps_good_checkpoints(tmp_path):
      '--steps_per_dispatch=2 does not divide --eval_every=3'),
     (dict(steps_per_dispatch=4, log_every=6, eval_every=8, checkpoint_every=8),
      'divide --log_every=6: a dispatch ends every 6 steps, so a 2-step program'),
+    (dict(steps_per_dispatch=6, log_every=6, eval_every=4, checkpoint_every=12),
+     'Use --steps_per_dispatch=2, which divides'),
+    (dict(steps_per_dispatch=3, log_every=3, eval_every=None, checkpoint_every=3),
+     '--steps_per_dispatch=3 needs --eval_every'),
     (dict(dataset='cifar10', data_dir='/nonexistent/cifar'), '/nonexistent/cifar'),
 ])
 def test_bad_input_is_one_clear_error_before_compiling(tmp_path, changes, message):
