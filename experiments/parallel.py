@@ -114,6 +114,8 @@ class StepConfig(NamedTuple):
 def epochs_spanned(length: int, train_size: int, granule: int = 1) -> int:
   """The most epochs that ``length`` consecutive stream positions can touch, when they start
   at a multiple of ``granule`` (a divisor of ``train_size``; 1 for any start)."""
+  if granule < 1 or train_size % granule:
+    raise ValueError(f'epochs_spanned: granule={granule} must divide train_size={train_size}')
   # The worst start is the last multiple of `granule` in an epoch.
   return (train_size - granule + length - 1) // train_size + 1
 
@@ -144,11 +146,13 @@ def augment_batch(images: jax.Array, augment_key: jax.Array, positions: jax.Arra
 
 
 def make_train_steps(model, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-                     cfg: StepConfig, key: jax.Array) -> Callable[..., TrainState]:
+                     cfg: StepConfig, key: jax.Array, *, unroll: bool | None = None
+                     ) -> Callable[..., TrainState]:
   """Returns ``train(state, images, labels, mean, std, num_steps) -> state``.
 
   ``num_steps`` (static) updates run inside one dispatch (a ``lax.scan``); ``images`` and
   ``labels`` are the whole training set, replicated on every device. ``state`` is donated.
+  ``unroll``: whether the scan is unrolled; default on CPU only (see below).
   """
   num_devices = mesh.size
   local_batch = cfg.global_batch // num_devices
@@ -196,7 +200,8 @@ def make_train_steps(model, tx: optax.GradientTransformation, mesh: jax.sharding
   # XLA:CPU runs the convolutions of a loop body about 35x slower (measured: ResNet-20,
   # batch 128), so on CPU the K steps are unrolled into straight-line code, whose compile
   # time grows with K; elsewhere they stay a loop, compiled once whatever K.
-  unroll = mesh.devices.flat[0].platform == 'cpu'
+  if unroll is None:
+    unroll = mesh.devices.flat[0].platform == 'cpu'
 
   def replica_train(state, images, labels, mean, std, *, num_steps):
     # The orders of the epochs that this dispatch's batches read, drawn once per dispatch

@@ -294,7 +294,8 @@ def create_state(model, tx, mesh, key, local_batch: int) -> parallel.TrainState:
 
 
 class _StopRequest:
-  """SIGTERM (preemption) and Ctrl-C set a flag; the loop saves and exits at the next step."""
+  """SIGTERM (preemption) and Ctrl-C set a flag; the loop saves and exits after the current
+  dispatch (with several processes, at the next sync point: at most --log_every steps)."""
 
   def __init__(self):
     self.signal: int | None = None

@@ -129,6 +129,11 @@ def test_epochs_spanned_is_the_most_any_aligned_start_touches(train_size, length
   assert parallel.epochs_spanned(length, train_size, granule) == most
 
 
+def test_epochs_spanned_refuses_a_granule_that_does_not_divide_the_epoch():
+  with pytest.raises(ValueError, match='granule=16 must divide train_size=50'):
+    parallel.epochs_spanned(3, 50, 16)
+
+
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('phased')

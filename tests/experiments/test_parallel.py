@@ -21,15 +21,15 @@ from experiments import models, parallel, train
 BATCH = 16
 
 
-def _step(precision: str, num_devices: int = 1):
+def _step(precision: str, num_devices: int = 1, max_lr: float = 0.1, **kwargs):
   dtype = jnp.bfloat16 if precision == 'bfloat16' else jnp.float32
   model = models.create_model('resnet8', num_classes=10, dtype=dtype, bn_group_size=4)
-  tx = lrsched.sgd(lrsched.one_cycle(0.1, 100), lrsched.one_cycle_momentum(100),
-                   weight_decay=1e-4)
+  tx = lrsched.sgd(lrsched.one_cycle(max_lr, 100) if max_lr else lrsched.constant(0.0),
+                   lrsched.one_cycle_momentum(100), weight_decay=1e-4)
   mesh = parallel.make_mesh(jax.devices()[:num_devices])
   steps = parallel.make_train_steps(model, tx, mesh,
                                     parallel.StepConfig(BATCH, 'crop+flip', dtype),
-                                    jax.random.key(1))
+                                    jax.random.key(1), **kwargs)
   state = train.create_state(model, tx, mesh, jax.random.key(0), BATCH // num_devices)
   rng = np.random.default_rng(0)
   put = lambda a: parallel.put_replicated(mesh, a)
@@ -117,3 +117,23 @@ def test_replicas_exchange_only_gradients_statistics_and_metrics():
   assert reduced
   for op in ('all-gather', 'all-to-all', 'collective-permute'):
     assert op not in hlo, op
+
+
+def test_the_rolled_loop_of_accelerators_reads_the_same_data_stream():
+  # Off CPU the K steps are a rolled loop. Run it here: with a zero LR the parameters stay
+  # put, so the batch-norm statistics depend on the batches alone and must match K single
+  # steps bit for bit (64 examples, batch 16: the 4 steps cross an epoch's end).
+  one, state, inputs = _step('float32', max_lr=0.0)
+  rolled, _, _ = _step('float32', max_lr=0.0, unroll=False)
+  # Really a loop: one copy of the step's convolutions for the 4 steps.
+  assert (_hlo(rolled, state, inputs, 4).count(' convolution(')
+          == _hlo(one, state, inputs, 1).count(' convolution(') > 0)
+  fresh = lambda: jax.tree.map(jnp.copy, state)
+  stepped = fresh()
+  for _ in range(5):
+    stepped = one(stepped, *inputs)
+  looped = rolled(rolled(fresh(), *inputs, num_steps=4), *inputs)
+  assert int(looped.step) == int(stepped.step) == 5
+  for a, b in zip(jax.tree.leaves(looped.batch_stats), jax.tree.leaves(stepped.batch_stats),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
