@@ -3,7 +3,9 @@
 The timings are the benchmark's job (`experiments.benchmark`, recorded in WORKSPACE.md);
 these tests pin the structure that the timings depend on, so that a change that quietly
 breaks it fails here: bfloat16 convolutions under float32 parameters and optimizer state,
-a donated state updated in place, and no host round trip inside the step.
+a donated state updated in place, no host round trip inside the step, the epochs' orders
+drawn once per dispatch, no data exchanged between replicas, and the same data stream in
+the rolled loop that accelerators run for K steps per dispatch.
 """
 
 from __future__ import annotations
