@@ -103,9 +103,9 @@ class Config:
 
   steps_per_dispatch: int = _field(
       1, 'Training steps run inside one dispatch (a lax.scan); the results are the same up to '
-      'float rounding. Above 1 it needs --eval_every, and it must divide --log_every, '
-      '--eval_every and --checkpoint_every, where a dispatch ends (and the first step of '
-      'each --batch_schedule phase).')
+      'float rounding. It must divide --log_every, --eval_every and --checkpoint_every, where '
+      'a dispatch ends, and the first step of each --batch_schedule phase. Without '
+      '--eval_every, the evaluation after an epoch comes at the next multiple of it.')
 
   # Bookkeeping.
   seed: int = _field(0, 'Seed for initialisation, data order and augmentation.')
@@ -183,11 +183,6 @@ class Config:
     # A dispatch ends at every log, evaluation and checkpoint step, and each dispatch of
     # fewer than K steps is a program of its own, compiled on first use.
     k = self.steps_per_dispatch
-    if k > 1 and self.eval_every is None:
-      raise ConfigError(
-          f'--steps_per_dispatch={k} needs --eval_every (a multiple of {k}): evaluations at '
-          'epoch ends fall at steps that are not multiples of K, and each shorter dispatch '
-          'before one would compile a program of its own')
     intervals = {name: getattr(self, name) for name in ('log_every', 'eval_every',
                                                          'checkpoint_every')
                  if getattr(self, name) is not None}

@@ -363,10 +363,14 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   if config.eval_every:
     eval_due = lambda step: step % config.eval_every == 0
     next_eval = lambda step: _next_multiple(step, config.eval_every)
-  else:  # at the end of every epoch, whatever the batch phase
-    eval_due = lambda step: (p.examples_at(step) // train_size
-                             > p.examples_at(step - 1) // train_size)
-    next_eval = p.next_epoch_end
+  else:
+    # Once per epoch, whatever the batch phase: after the dispatch in which an epoch ends,
+    # so at the epoch's end with K = 1 steps per dispatch, and at the next multiple of K
+    # otherwise (dispatches start at multiples of K; an evaluation never changes training).
+    k = config.steps_per_dispatch
+    epochs_done = lambda step: p.examples_at(step) // train_size
+    eval_due = lambda step: epochs_done(step) > epochs_done((step - 1) // k * k)
+    next_eval = lambda step: _next_multiple(p.next_epoch_end(step) - 1, k)
 
   # Everything is checked: from here on, compile and run.
   mesh = parallel.make_mesh(devices)

@@ -167,6 +167,28 @@ def test_one_and_four_devices_give_the_same_result(tmp_path):
                      rtol=2e-4, atol=2e-6)
 
 
+def test_with_k_steps_per_dispatch_epoch_evaluations_come_at_the_next_multiple_of_k(
+    tmp_path, monkeypatch):
+  make_train_steps, dispatched = parallel.make_train_steps, []
+
+  def recording(*args, **kwargs):
+    steps = make_train_steps(*args, **kwargs)
+
+    def train_steps(state, images, labels, mean, std, num_steps=1):
+      dispatched.append(num_steps)
+      return steps(state, images, labels, mean, std, num_steps)
+    return train_steps
+
+  monkeypatch.setattr(parallel, 'make_train_steps', recording)
+  # 256 examples in batches of 32: an epoch every 8 steps; K = 3.
+  summary = train.train_and_evaluate(tiny(tmp_path / 'k3', steps=12, eval_every=None,
+                                          steps_per_dispatch=3, log_every=3))
+  assert summary['steps'] == 12
+  rows = [json.loads(line) for line in open(tmp_path / 'k3' / 'metrics.jsonl')]
+  assert [(r['step'], r['epoch']) for r in rows] == [(9, 1.125), (12, 1.5)]
+  assert set(dispatched) == {3}  # one compiled program
+
+
 def test_steps_per_dispatch_gives_the_same_parameters(finished_run, tmp_path):
   reference, _ = finished_run
   # Two dispatches of 3 steps against 6 of 1 (the reference logs after every step). Equal
@@ -225,8 +247,6 @@ def test_nan_loss_stops_naming_step_and_lr_and_keeps_good_checkpoints(tmp_path):
      'divide --log_every=6: a dispatch ends every 6 steps, so a 2-step program'),
     (dict(steps_per_dispatch=6, log_every=6, eval_every=4, checkpoint_every=12),
      'Use --steps_per_dispatch=2, which divides'),
-    (dict(steps_per_dispatch=3, log_every=3, eval_every=None, checkpoint_every=3),
-     '--steps_per_dispatch=3 needs --eval_every'),
     (dict(dataset='cifar10', data_dir='/nonexistent/cifar'), '/nonexistent/cifar'),
 ])
 def test_bad_input_is_one_clear_error_before_compiling(tmp_path, changes, message):
