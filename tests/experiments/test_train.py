@@ -218,6 +218,20 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept(finished_run, tmp_path
   assert_trees_equal(final_params(workdir), final_params(finished_run[0]))
 
 
+def test_checkpoints_of_another_state_stop_the_run_and_stay_put(finished_run, tmp_path):
+  # As if other code had written them: config.json (which would catch a changed flag) is
+  # gone, and this run's model has other arrays. Restarting from step 0 over them, or
+  # setting them aside as unreadable, would hide the problem.
+  import shutil
+  workdir = tmp_path / 'other'
+  shutil.copytree(finished_run[0], workdir)
+  os.remove(workdir / 'config.json')
+  with pytest.raises(ConfigError, match=r'checkpoint at step 6 .* holds other arrays'):
+    train.train_and_evaluate(tiny(workdir, model='resnet14'))
+  assert sorted(os.listdir(workdir / 'checkpoints')) >= ['3', '6']
+  assert not (workdir / 'checkpoints_unreadable').exists()
+
+
 def test_nan_loss_stops_naming_step_and_lr_and_keeps_good_checkpoints(tmp_path):
   workdir = tmp_path / 'nan'
   with pytest.raises(train.TrainingDiverged, match=r'NaN or inf .*step \d+ \(lr=1e\+30\)'):
