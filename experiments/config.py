@@ -49,6 +49,10 @@ class Config:
       'that results do not depend on the device count. Default: the per-device batch.')
   bn_momentum: float = _field(
       0.95, "Batch-norm running-average decay (Caffe's moving_average_fraction).")
+  bn_debias: bool = _field(
+      False, "Batch-norm running averages as Caffe keeps them: decayed sums over their "
+      "decayed weight, free of the initial mean 0 and variance 1 (which otherwise weigh "
+      "bn_momentum**step in the statistics that evaluations use).")
   precision: str = _field('float32', f'Compute dtype, one of {PRECISIONS}; params stay float32.')
 
   # Data.

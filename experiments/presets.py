@@ -13,9 +13,12 @@ Papers:
   Using Large Learning Rates", 2017 (arXiv:1708.07120). Their Caffe logs (the
   ``Results/`` folder of ``lnsmith54/super-convergence``) give the exact setup: ResNet-56
   with Caffe's downsampling, total batch 1000 as 8 GPUs x 125 with batch-norm statistics
-  per GPU, SGD momentum 0.9 in Caffe's form, weight decay 1e-4 on every parameter, flips
-  only, batch-norm moving-average fraction 0.95 for CLR and 0.999 for the piecewise-constant
-  baseline.
+  per GPU, SGD momentum 0.9 in Caffe's form, weight decay 1e-4 (their prototxt exempts the
+  conv biases, ``decay_mult: 0``, and doubles their LR, ``lr_mult: 2``; not modelled: a
+  batch norm follows every conv), flips only, batch-norm moving-average fraction 0.95 for
+  CLR and 0.999 for the piecewise-constant baseline, kept as Caffe keeps them (decayed sums
+  over their decayed weight, ``bn_debias``: with 0.999, plain moving averages would leave
+  the first few thousand iterations' evaluations near chance).
 * [S18] L. N. Smith, "A disciplined approach to neural network hyper-parameters: Part 1",
   2018 (arXiv:1803.09820); its Caffe logs are in ``lnsmith54/hyperParam1``.
 * [SGDR] I. Loshchilov and F. Hutter, "SGDR: Stochastic Gradient Descent with Warm
@@ -112,7 +115,7 @@ def _steps(epochs: float, batch_size: int, dataset_size: int = CIFAR_TRAIN) -> i
 
 _SC = types.MappingProxyType(dict(
     model='resnet56', shortcut='caffe', dataset='cifar10', augment='flip', batch_size=1000,
-    bn_group_size=125, optimizer='sgd', momentum='0.9', caffe_momentum=True,
+    bn_group_size=125, bn_debias=True, optimizer='sgd', momentum='0.9', caffe_momentum=True,
     weight_decay=1e-4, weight_decay_mode='coupled', eval_every=500))
 _SC_SOURCE = 'Smith & Topin 2017 (arXiv:1708.07120)'
 _CLR = dict(_SC, schedule='super_convergence(base_lr=0.1, max_lr=3.0, step_size=5000)',

@@ -219,7 +219,7 @@ def build_model(config: Config):
   try:
     return models.create_model(config.model, num_classes=100 if config.dataset == 'cifar100'
                                else 10, dtype=dtype, bn_group_size=config.bn_group_size,
-                               bn_momentum=config.bn_momentum,
+                               bn_momentum=config.bn_momentum, bn_debias=config.bn_debias,
                                dropout_rate=config.dropout_rate, shortcut=config.shortcut)
   except ValueError as e:
     raise ConfigError(f'--model: {e}') from None

@@ -55,6 +55,7 @@ def create_model(
   dtype: Any = jnp.float32,
   bn_group_size: int | None = None,
   bn_momentum: float = 0.9,
+  bn_debias: bool = False,
   dropout_rate: float = 0.0,
   shortcut: str | None = None,
 ) -> nn.Module:
@@ -73,6 +74,8 @@ def create_model(
     bn_momentum: decay of the batch-norm running averages, in [0, 1) (Caffe's
       ``moving_average_fraction``: Smith & Topin used 0.95 for CLR runs and 0.999 for the
       piecewise-constant baseline).
+    bn_debias: keep the running averages as Caffe does, as decayed sums over their decayed
+      weight, free of their initial values (see `GhostBatchNorm`).
     dropout_rate: dropout between the convs of each WRN block, in [0, 1); must be 0 for
       ResNets.
     shortcut: ResNets only: 'A' (default; zero-padded identity), 'B' (1x1 conv projection)
@@ -117,6 +120,7 @@ def create_model(
       dtype=dtype,
       bn_group_size=bn_group_size,
       bn_momentum=bn_momentum,
+      bn_debias=bn_debias,
     )
 
   if match := _WRN.fullmatch(name):
@@ -135,6 +139,7 @@ def create_model(
       dtype=dtype,
       bn_group_size=bn_group_size,
       bn_momentum=bn_momentum,
+      bn_debias=bn_debias,
     )
 
   raise _error(f'Unknown model {name!r}')

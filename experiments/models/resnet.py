@@ -107,6 +107,8 @@ class CifarResNet(nn.Module):
     bn_group_size: examples per group of the batch-norm statistics in training
       (`layers.GhostBatchNorm`); None for the whole batch.
     bn_momentum: decay of the batch-norm running averages.
+    bn_debias: Caffe's running averages, free of their initial values
+      (`layers.GhostBatchNorm`'s ``debias``).
   """
 
   blocks_per_stage: int
@@ -115,6 +117,7 @@ class CifarResNet(nn.Module):
   dtype: Any = jnp.float32
   bn_group_size: int | None = None
   bn_momentum: float = 0.9
+  bn_debias: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -135,6 +138,7 @@ class CifarResNet(nn.Module):
       use_running_average=not train,
       group_size=self.bn_group_size,
       momentum=self.bn_momentum,
+      debias=self.bn_debias,
       dtype=self.dtype,
     )
     x = x.astype(self.dtype)

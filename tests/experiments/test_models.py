@@ -286,6 +286,49 @@ def test_ghost_bn_uses_per_group_statistics_and_updates_running_averages():
   np.testing.assert_allclose(y_eval, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_ghost_bn_debias_keeps_caffes_running_averages():
+  # Caffe: sums s <- rho s + stat and weight w <- rho w + 1, evaluated as s / w. Scaled by
+  # (1 - rho) that is the EMA of the statistics started at 0, over its own weight.
+  x, eps, momentum, g = _bn_input(), 1e-5, 0.999, 2
+  module = layers.GhostBatchNorm(group_size=g, momentum=momentum, epsilon=eps, debias=True)
+  variables = _bn_variables(module, x)
+  assert float(variables['batch_stats']['weight']) == 0.0
+  scale, bias = (np.asarray(variables['params'][k]) for k in ('scale', 'bias'))
+  # Before any update: mean 0 and variance 1, as without debiasing.
+  y0 = module.apply(variables, x, use_running_average=True)
+  np.testing.assert_allclose(y0, np.asarray(x) / np.sqrt(1 + eps) * scale + bias, rtol=1e-5)
+
+  batches = [x, 2.0 * x + 1.0, x - 0.5]
+  sums, weight, state = np.zeros(4), 0.0, {'batch_stats': variables['batch_stats']}
+  var_sums = np.zeros(4)
+  for batch in batches:
+    _, state = module.apply({'params': variables['params'], **state}, batch,
+                            use_running_average=False, mutable=['batch_stats'])
+    xn = np.asarray(batch, np.float64).reshape(4, g, 3, 3, 4)
+    mean = xn.mean(axis=(1, 2, 3), keepdims=True)
+    var = ((xn - mean) ** 2).mean(axis=(1, 2, 3), keepdims=True)
+    sums = momentum * sums + mean.mean(axis=0).reshape(4)
+    var_sums = momentum * var_sums + var.mean(axis=0).reshape(4)
+    weight = momentum * weight + 1.0
+  np.testing.assert_allclose(float(state['batch_stats']['weight']), (1 - momentum) * weight,
+                             rtol=1e-5)
+  # What evaluation normalises with: Caffe's sums over its weight, with no trace of 0 and 1
+  # (the plain EMA would still be 99.7% the initial values after 3 updates).
+  y = module.apply({'params': variables['params'], **state}, x, use_running_average=True)
+  mean, var = sums / weight, var_sums / weight
+  np.testing.assert_allclose(y, (np.asarray(x) - mean) / np.sqrt(var + eps) * scale + bias,
+                             rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['resnet8', 'wrn-10-1'])  # 7 batch norms each
+def test_bn_debias_reaches_every_batch_norm_of_a_model(name):
+  model = models.create_model(name, num_classes=10, bn_debias=True)
+  variables = model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), train=False)
+  stats = jax.tree_util.tree_flatten_with_path(variables['batch_stats'])[0]
+  weights = [leaf for path, leaf in stats if jax.tree_util.keystr(path).endswith("['weight']")]
+  assert len(weights) == 7 and len(stats) == 3 * 7
+
+
 @pytest.mark.parametrize('group_size', [None, 8])
 @pytest.mark.parametrize('use_fast_variance', [False, True])
 def test_ghost_bn_with_one_group_equals_flax_batch_norm(group_size, use_fast_variance):
