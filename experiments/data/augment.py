@@ -47,10 +47,7 @@ def augment(images: jax.Array, key: jax.Array, mode: str = 'flip', *, pad: int =
   """
   if mode not in AUGMENTATIONS:
     raise ValueError(f'unknown augmentation {mode!r}; valid: {", ".join(AUGMENTATIONS)}')
-  if pad_mode not in PAD_MODES:
-    raise ValueError(f'unknown pad_mode {pad_mode!r}; valid: {", ".join(PAD_MODES)}')
-  if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-    raise ValueError(f'pad must be a non-negative int, got {pad!r}')
+  _check_crop(pad, pad_mode)
   images = jnp.asarray(images)
   if images.ndim != 4:
     raise ValueError(f'images must be a batch [B, H, W, C], got shape {images.shape}')
@@ -68,9 +65,18 @@ def random_flip(images: jax.Array, key: jax.Array) -> jax.Array:
   return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
 
 
+def _check_crop(pad: int, pad_mode: str) -> None:
+  if pad_mode not in PAD_MODES:
+    raise ValueError(f'unknown pad_mode {pad_mode!r}; valid: {", ".join(PAD_MODES)}')
+  if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+    raise ValueError(f'pad must be a non-negative int, got {pad!r}')
+
+
 def random_crop(images: jax.Array, key: jax.Array, *, pad: int = 4,
                 pad_mode: str = 'zero') -> jax.Array:
-  """Pads each image of ``[B, H, W, C]`` by ``pad`` and cuts a random ``H x W`` window."""
+  """Pads each image of ``[B, H, W, C]`` by ``pad`` (``pad_mode`` 'zero' or 'reflect') and
+  cuts a random ``H x W`` window; ValueError for another ``pad_mode`` or a bad ``pad``."""
+  _check_crop(pad, pad_mode)
   if pad == 0:
     return images
   _, height, width, channels = images.shape

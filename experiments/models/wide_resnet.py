@@ -10,9 +10,10 @@ where the shortcut is the identity, or, where the shape changes, a 1x1 conv (wit
 block's stride) of the pre-activated input, as in the authors' code. Parameter counts
 (CIFAR-10): WRN-16-4 2.7M, WRN-16-8 11.0M, WRN-28-10 36.5M, WRN-40-2 2.2M.
 
-Initialisation as in the authors' PyTorch code: convs He normal with fan_out
-(untruncated, no bias), batch-norm scale 1 and shift 0, classifier weights torch
-``nn.Linear``'s default U(+-1/sqrt(fan_in)) with a zero bias.
+Initialisation as in the authors' Lua/Torch7 code (``models/utils.lua``: ``MSRinit`` and
+``FCinit``; their later PyTorch port differs): convs He normal with fan_out (untruncated,
+no bias), batch-norm scale 1 and shift 0, classifier weights Torch's default
+U(+-1/sqrt(fan_in)) with a zero bias.
 """
 
 from __future__ import annotations

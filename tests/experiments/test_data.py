@@ -244,7 +244,7 @@ def cache_files(tmp_path) -> list[Path]:
   return sorted((tmp_path / 'cache').glob('cifar10-jpeg-*.npz'))
 
 
-def test_cache_is_used_and_keyed_by_the_file(tmp_path, monkeypatch):
+def test_cache_is_used_and_keyed_by_the_content(tmp_path, monkeypatch):
   path = tmp_path / 'c.npz'
   expected = write_packed_npz(path)
   first = data.load('cifar10', path)
@@ -257,9 +257,16 @@ def test_cache_is_used_and_keyed_by_the_file(tmp_path, monkeypatch):
   assert not calls  # served from the cache
   for a, b in zip(first, second, strict=True):
     np.testing.assert_array_equal(a, b)
-  # A new file at the same path (new size and mtime) is decoded again, into a new entry.
+  # A copy elsewhere is the same content: the same entry.
+  copy = tmp_path / 'elsewhere' / 'c.npz'
+  copy.parent.mkdir()
+  copy.write_bytes(path.read_bytes())
+  data.load('cifar10', copy)
+  assert not calls and len(cache_files(tmp_path)) == 1
+  # New content at the same path, even with the old modification time, is decoded again.
+  stat = path.stat()
   expected = write_packed_npz(path, per_class=(2, 1), seed=5)
-  os.utime(path, ns=(1, 1))
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
   check_dataset(data.load('cifar10', path), expected, CIFAR10_NAMES)
   assert len(calls) == 1 and len(cache_files(tmp_path)) == 2
 
@@ -735,3 +742,13 @@ def test_normalize(batch):
   y = data.normalize(batch, jnp.asarray(mean), jnp.asarray(std), dtype=jnp.bfloat16)
   assert y.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(y, np.float32), x, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(pad_mode='zeros'), "unknown pad_mode 'zeros'"),
+    (dict(pad=-1), 'pad must be a non-negative int'),
+    (dict(pad=2.0), 'pad must be a non-negative int'),
+])
+def test_random_crop_checks_its_arguments(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    data.random_crop(jnp.zeros((2, 8, 8, 3)), jax.random.key(0), **kwargs)
