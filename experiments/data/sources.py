@@ -9,8 +9,8 @@ A ``data_dir`` is recognised by its content, not by a flag. Accepted layouts:
   ``train_offsets``, ``train_labels``, the same for ``test``, and ``label_names``), or a
   directory holding exactly one such file. It is decoded with Pillow in parallel processes,
   once: the decoded arrays are cached in ``$LRSCHED_CACHE`` (default
-  ``$XDG_CACHE_HOME/lrsched``, i.e. ``~/.cache/lrsched``), keyed by the file's path, size and
-  modification time, so that later loads take well under a second. The worker processes
+  ``$XDG_CACHE_HOME/lrsched``, i.e. ``~/.cache/lrsched``), keyed by the SHA-256 of the
+  file's content, so that later loads take well under a second. The worker processes
   are spawned (forking a process running JAX can deadlock), so a script that calls `load`
   needs the usual ``if __name__ == '__main__':`` guard.
 * The official "python version" of CIFAR-10 or CIFAR-100 (Krizhevsky, 2009):
