@@ -259,6 +259,26 @@ def plan(config: Config, train_size: int, num_devices: int) -> Plan:
               tuple(p.batch_size // num_devices for p in phases))
 
 
+DATA_FILE = 'data.json'
+"""In a workdir: which data the run trains on (`Dataset.fingerprint`), checked on resume."""
+
+
+def check_same_data(workdir: str, dataset: data.Dataset) -> None:
+  """ConfigError if the run in ``workdir`` trained on other examples than ``dataset``
+  (``--data_dir`` may move between a run and its resumption; the data may not change)."""
+  path = os.path.join(workdir, DATA_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  if saved.get('fingerprint') != dataset.fingerprint():
+    raise ConfigError(
+        f'--workdir={workdir} holds a run trained on other data ({saved.get("source")}, '
+        f'{saved.get("train_examples")} train examples) than {dataset.source} '
+        f'({len(dataset.train_labels)}): resume it with the same data, or use another '
+        '--workdir')
+
+
 def check_resumable(config: Config, workdir: str) -> None:
   """A workdir holds one run: refuse to continue it with settings that change the result."""
   path = os.path.join(workdir, 'config.json')
@@ -350,6 +370,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   dataset = data.load(config.dataset, config.data_dir, train_examples=config.train_examples,
                       seed=config.seed,
                       synthetic_size=(config.synthetic_examples, config.synthetic_examples // 5))
+  check_same_data(workdir, dataset)
   train_size = len(dataset.train_labels)
   p = plan(config, train_size, num_devices)
   total_steps, lr_schedule, momentum = p.total_steps, p.lr_schedule, p.momentum
@@ -387,6 +408,10 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json())
+    with open(os.path.join(workdir, DATA_FILE), 'w') as f:
+      json.dump({'fingerprint': dataset.fingerprint(), 'source': dataset.source,
+                 'train_examples': train_size,
+                 'test_examples': len(dataset.test_labels)}, f, indent=2)
 
   train_images = parallel.put_replicated(mesh, dataset.train_images)
   train_labels = parallel.put_replicated(mesh, dataset.train_labels.astype(np.int32))

@@ -232,6 +232,22 @@ def test_checkpoints_of_another_state_stop_the_run_and_stay_put(finished_run, tm
   assert not (workdir / 'checkpoints_unreadable').exists()
 
 
+def test_resuming_on_other_data_is_refused(finished_run, tmp_path):
+  # --data_dir may change on resume (the data moved), the examples may not: data.json
+  # holds the fingerprint of those the run trained on.
+  import shutil
+  workdir = tmp_path / 'moved'
+  shutil.copytree(finished_run[0], workdir)
+  saved = json.load(open(workdir / train.DATA_FILE))
+  assert saved['train_examples'] == 256
+  assert saved['fingerprint'] == data.load(
+      'synthetic', synthetic_size=(256, 51)).fingerprint()
+  with open(workdir / train.DATA_FILE, 'w') as f:
+    json.dump({**saved, 'fingerprint': 'another dataset'}, f)
+  with pytest.raises(ConfigError, match='holds a run trained on other data'):
+    train.train_and_evaluate(tiny(workdir))
+
+
 def test_nan_loss_stops_naming_step_and_lr_and_keeps_good_checkpoints(tmp_path):
   workdir = tmp_path / 'nan'
   with pytest.raises(train.TrainingDiverged, match=r'NaN or inf .*step \d+ \(lr=1e\+30\)'):
