@@ -131,7 +131,8 @@ class GhostBatchNorm(nn.Module):
       'use_running_average', self.use_running_average, use_running_average
     )
     features = x.shape[-1]
-    # Same variable names and dtypes as nn.BatchNorm, so that checkpoints are interchangeable.
+    # Same variable names and dtypes as nn.BatchNorm, so that checkpoints are interchangeable
+    # (debias adds a scalar 'weight').
     ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
     ra_var = self.variable('batch_stats', 'var', jnp.zeros if self.debias else jnp.ones,
                            (features,), jnp.float32)
