@@ -263,19 +263,27 @@ DATA_FILE = 'data.json'
 """In a workdir: which data the run trains on (`Dataset.fingerprint`), checked on resume."""
 
 
-def check_same_data(workdir: str, dataset: data.Dataset) -> None:
-  """ConfigError if the run in ``workdir`` trained on other examples than ``dataset``
-  (``--data_dir`` may move between a run and its resumption; the data may not change)."""
+def data_record(dataset: data.Dataset) -> dict[str, Any]:
+  """What `DATA_FILE` holds about the data of a run."""
+  return {'fingerprint': dataset.fingerprint(), 'source': dataset.source,
+          'train_examples': len(dataset.train_labels),
+          'test_examples': len(dataset.test_labels)}
+
+
+def check_same_data(workdir: str, record: dict[str, Any]) -> None:
+  """ConfigError if the run in ``workdir`` trained on other examples than those of
+  ``record`` (`data_record`): ``--data_dir`` may move between a run and its resumption, the
+  data may not change."""
   path = os.path.join(workdir, DATA_FILE)
   if not os.path.exists(path):
     return
   with open(path) as f:
     saved = json.load(f)
-  if saved.get('fingerprint') != dataset.fingerprint():
+  if saved.get('fingerprint') != record['fingerprint']:
     raise ConfigError(
         f'--workdir={workdir} holds a run trained on other data ({saved.get("source")}, '
-        f'{saved.get("train_examples")} train examples) than {dataset.source} '
-        f'({len(dataset.train_labels)}): resume it with the same data, or use another '
+        f'{saved.get("train_examples")} train examples) than {record["source"]} '
+        f'({record["train_examples"]}): resume it with the same data, or use another '
         '--workdir')
 
 
@@ -370,7 +378,8 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   dataset = data.load(config.dataset, config.data_dir, train_examples=config.train_examples,
                       seed=config.seed,
                       synthetic_size=(config.synthetic_examples, config.synthetic_examples // 5))
-  check_same_data(workdir, dataset)
+  data_used = data_record(dataset)
+  check_same_data(workdir, data_used)
   train_size = len(dataset.train_labels)
   p = plan(config, train_size, num_devices)
   total_steps, lr_schedule, momentum = p.total_steps, p.lr_schedule, p.momentum
@@ -409,9 +418,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json())
     with open(os.path.join(workdir, DATA_FILE), 'w') as f:
-      json.dump({'fingerprint': dataset.fingerprint(), 'source': dataset.source,
-                 'train_examples': train_size,
-                 'test_examples': len(dataset.test_labels)}, f, indent=2)
+      json.dump(data_used, f, indent=2)
 
   train_images = parallel.put_replicated(mesh, dataset.train_images)
   train_labels = parallel.put_replicated(mesh, dataset.train_labels.astype(np.int32))
