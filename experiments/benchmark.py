@@ -369,8 +369,12 @@ class _Variant:
 
 def cost_analysis(program) -> dict[str, float]:
   """XLA's cost analysis of a lowered or compiled program as one dict (a list of them in
-  older JAX); counts that are not positive (unknown to XLA) are left out."""
-  cost = program.cost_analysis()
+  older JAX); counts that are not positive (unknown to XLA) are left out, and a backend
+  that can't analyse the program gives {}."""
+  try:
+    cost = program.cost_analysis()
+  except NotImplementedError:  # JAX returns None for this, or raises (the docs allow both)
+    cost = None
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
   return {k: float(v) for k, v in (cost or {}).items() if v is not None and v > 0}

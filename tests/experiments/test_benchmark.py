@@ -158,6 +158,12 @@ def test_unknown_costs_are_left_out_and_disagreement_is_logged(caplog):
   cost = benchmark.step_cost(Program(None), Program({'flops': 1e9}))
   assert cost['flops'] == 1e9 and cost['flops_source'] == 'compiled'
 
+  class Unsupported:
+    def cost_analysis(self):
+      raise NotImplementedError('Lowered.cost_analysis not implemented on platform cuda')
+
+  assert benchmark.cost_analysis(Unsupported()) == {}
+
 
 def test_the_cpu_lowering_counts_the_flops_of_one_device():
   # Two devices at batch 16 run 8 examples each: one CPU device at batch 8 has the same
