@@ -63,13 +63,13 @@ class Checkpointer:
 
     Returns (state, step), or None when there is no readable checkpoint.
     """
+    wanted = _arrays(abstract_state)
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         saved = _arrays(self.manager.item_metadata(step).tree)
       except Exception as e:  # no readable metadata: a damaged checkpoint
         self._unreadable(step, e)
         continue
-      wanted = _arrays(abstract_state)
       if saved != wanted:
         only_saved = sorted((saved - wanted).elements())[:3]
         only_wanted = sorted((wanted - saved).elements())[:3]

@@ -291,7 +291,7 @@ def config_from_flags() -> Config:
 
   A preset's ``momentum='cyclical'`` outranks `RANGE_TEST_DEFAULTS` but is no constant:
   unless --momentum is given, it becomes the cyclical momentum's maximum (see
-  `cyclical_max_momentum`), with a log line saying so.
+  `lrsched.momentum.MAX_MOMENTUM`, 0.95), with a log line saying so.
   """
   given = [f'--{name}' for name in cifar.given_flags(NOT_APPLICABLE)]
   if given:
@@ -299,25 +299,12 @@ def config_from_flags() -> Config:
                       'from --min_lr to --max_lr over --num_steps')
   config = cifar.config_from_flags(RANGE_TEST_DEFAULTS)
   if config.momentum.strip() == 'cyclical' and not cifar.given_flags(['momentum']):
-    momentum = cyclical_max_momentum()
+    from lrsched.momentum import MAX_MOMENTUM  # lazily, as every JAX import here
     log.info('--preset=%s has a cyclical momentum; the range test holds it at its maximum, '
              '%g, as Smith (2018) does (give --momentum to choose another)',
-             flags.FLAGS['preset'].value, momentum)
-    config = dataclasses.replace(config, momentum=f'{momentum:g}')
+             flags.FLAGS['preset'].value, MAX_MOMENTUM)
+    config = dataclasses.replace(config, momentum=f'{MAX_MOMENTUM:g}')
   return config
-
-
-def cyclical_max_momentum() -> float:
-  """The top of ``--momentum=cyclical``: `lrsched.momentum_for`'s ``max_momentum`` (0.95).
-
-  The partner of a 1cycle or CLR schedule starts at it, where the LR is lowest; Smith's
-  range tests (2018) hold the momentum at this high value.
-  """
-  import inspect
-
-  import lrsched
-
-  return float(inspect.signature(lrsched.momentum_for).parameters['max_momentum'].default)
 
 
 def main(argv: list[str]) -> int:

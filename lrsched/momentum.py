@@ -11,9 +11,13 @@ from __future__ import annotations
 from lrsched import _base, compose, cyclical, decay, onecycle
 from lrsched._base import Numeric, Schedule
 
+BASE_MOMENTUM = 0.85
+MAX_MOMENTUM = 0.95
+"""Smith's (2018) cyclical-momentum range, the defaults of `momentum_for`."""
 
-def momentum_for(schedule: Schedule, base_momentum: Numeric = 0.85,
-                 max_momentum: Numeric = 0.95) -> Schedule:
+
+def momentum_for(schedule: Schedule, base_momentum: Numeric = BASE_MOMENTUM,
+                 max_momentum: Numeric = MAX_MOMENTUM) -> Schedule:
   """The momentum schedule that moves opposite to ``schedule``, over the same phases.
 
   =======================================  ==============================================
