@@ -15,12 +15,14 @@ and the super-convergence bounds (both from the peak of the test accuracy), and 
 valley, steep and minimum (from the smoothed loss). It writes ``range_test.json`` and
 ``range_test.png`` to ``--workdir``.
 
-The sweep is `lrsched.range_test`: one compiled ``lax.scan`` per ``--chunk_size`` steps, the
-batch-norm statistics threaded as state, the data on the device, batches drawn and augmented
-as in training (the same data stream; see `experiments.parallel`). It runs on every local
-device of this process: the global batch is split over them by the compiler (``jax.jit``
-with a sharded batch), with the same result as on one device; it is not multi-host.
-``--schedule``, ``--lr``, ``--steps``, ``--epochs`` and ``--batch_schedule`` do not apply.
+The sweep runs the trainer's compiled step (`experiments.parallel`: the same program, data
+stream and augmentation as `experiments.cifar`, one step per dispatch), so a step of the
+test costs what a training step costs, on CPU too. It prints a progress line (LR, smoothed
+loss, images/s, ETA) every ``--log_every`` steps and the test accuracy at every test point,
+and rewrites ``range_test.json`` as it goes: an interrupted test leaves its curve. It runs
+on every local device of this process (one replica each); it is not multi-host.
+``--schedule``, ``--lr``, ``--steps``, ``--epochs``, ``--batch_schedule`` and
+``--steps_per_dispatch`` do not apply.
 
 The momentum is constant: 0.9 unless ``--momentum`` or the preset says. A preset with
 ``momentum='cyclical'`` (Smith 2018's 1cycle rows) runs at its maximum momentum, 0.95, as
@@ -57,16 +59,14 @@ _SMOOTHING = flags.DEFINE_float('smoothing', 0.98, "The loss's moving-average fa
 _DIVERGE_FACTOR = flags.DEFINE_float(
     'diverge_factor', 4.0, 'Stop when the smoothed loss exceeds the best by this factor '
     '(inf: only on NaN/inf).')
-_CHUNK_SIZE = flags.DEFINE_integer(
-    'chunk_size', 500, 'Steps per compiled scan; the host stops after the chunk in which the '
-    'loss diverged.')
 
 DEFAULT_EVAL_EVERY = 100
 """Steps between test-accuracy points unless --eval_every says (the authors tested every
 100 iterations)."""
 # Settings the range test needs where the training defaults differ: a constant momentum.
 RANGE_TEST_DEFAULTS = {'momentum': '0.9'}
-NOT_APPLICABLE = ('schedule', 'lr', 'steps', 'epochs', 'batch_schedule', 'batch_lr_scaling')
+NOT_APPLICABLE = ('schedule', 'lr', 'steps', 'epochs', 'batch_schedule', 'batch_lr_scaling',
+                  'steps_per_dispatch')
 SUGGESTIONS = ('clr_bounds', 'super_convergence', 'valley', 'steep', 'minimum')
 ACCURACY_SUGGESTIONS = ('clr_bounds', 'super_convergence')
 
@@ -83,7 +83,6 @@ class Sweep:
   metric_every: int = DEFAULT_EVAL_EVERY
   smoothing: float = 0.98
   diverge_factor: float = 4.0
-  chunk_size: int | None = 500
 
   def check(self) -> None:
     """ConfigError for bad bounds, or too few steps or test points for the suggestions."""
@@ -114,8 +113,6 @@ class Sweep:
                         f'least {MIN_POINTS}: lower --eval_every or raise --num_steps')
     if self.test_examples < 1:
       raise ConfigError(f'--test_examples must be >= 1, got {self.test_examples}')
-    if self.chunk_size is not None and self.chunk_size < 1:
-      raise ConfigError(f'--chunk_size must be >= 1, got {self.chunk_size}')
     if not (self.diverge_factor > 1):
       raise ConfigError(f'--diverge_factor must be > 1, got {self.diverge_factor}')
     if not 0 <= self.smoothing < 1:
@@ -130,28 +127,38 @@ def run(config: Config, sweep: Sweep, *, workdir: str | None = None,
         devices: list[Any] | None = None) -> dict[str, Any]:
   """Runs the range test; writes ``range_test.json`` and ``range_test.png`` (process 0).
 
+  The sweep trains with the trainer's own compiled step (`experiments.parallel`), one step
+  per dispatch, so that a step costs what it costs in `experiments.cifar` on every
+  backend. Every ``--log_every`` steps and at every test point the host reads the losses,
+  applies the divergence rule (`lrsched.lr_finder.divergence_step`), prints a progress
+  line and rewrites ``range_test.json`` (``status: running``), so an interrupted test
+  (SIGTERM, Ctrl-C) leaves its curve (``status: interrupted``).
+
   Returns the report written to the JSON: the config, the sweep, the data source, the
   `lrsched.RangeTestResult` as a dict, and each suggestion (``{'lr', 'min_lr', 'step',
   'explanation'}``, or ``{'error'}`` where the curve does not allow one).
   """
   import jax
-  import jax.numpy as jnp
   import numpy as np
-  from jax.sharding import NamedSharding
-  from jax.sharding import PartitionSpec as P
 
   import lrsched
   from experiments import data, parallel, plots, train
+  from experiments.metrics import Progress
+  from lrsched.lr_finder import log_linear
 
   start = time.time()
   config.validate()
   sweep.check()
   devices = jax.local_devices() if devices is None else list(devices)
-  train.check_devices(config, len(devices))
+  local_batch = train.check_devices(config, len(devices))
   if config.dataset not in data.DATASETS:
     raise ConfigError(f'unknown --dataset={config.dataset!r}; valid: {", ".join(data.DATASETS)}')
   momentum = _constant_momentum(config)
   model = train.build_model(config)
+  # The LR of step t; over N - 1 steps, so that the last step uses exactly max_lr.
+  lr = (log_linear if sweep.mode == 'exp' else lrsched.linear)(
+      sweep.min_lr, sweep.max_lr, sweep.num_steps - 1)
+  tx = train.build_optimizer(config, lr, momentum)
   workdir = workdir or config.workdir or default_workdir(config)
   dataset = data.load(config.dataset, config.data_dir, train_examples=config.train_examples,
                       seed=config.seed,
@@ -162,88 +169,96 @@ def run(config: Config, sweep: Sweep, *, workdir: str | None = None,
     raise ConfigError(f'--batch_size={batch} is larger than the training set '
                       f'({train_size} examples)')
   test_size = min(sweep.test_examples, len(dataset.test_labels))
-  dtype = jnp.bfloat16 if config.precision == 'bfloat16' else jnp.float32
+  primary = jax.process_index() == 0
+  if primary:
+    os.makedirs(workdir, exist_ok=True)
   log.info('%s: range test %s %g -> %g over %d steps of %d examples on %d devices (%s)',
            dataset.source, sweep.mode, sweep.min_lr, sweep.max_lr, sweep.num_steps, batch,
            len(devices), devices[0].device_kind)
 
   mesh = parallel.make_mesh(devices)
-  sharded = NamedSharding(mesh, P(parallel.AXIS))
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
-  data_key, augment_key, dropout_key = jax.random.split(step_key, 3)
-  # A fixed random test subset (the test set is sorted by class).
-  subset = np.random.default_rng(config.seed).permutation(len(dataset.test_labels))[:test_size]
+  state = train.create_state(model, tx, mesh, init_key, local_batch)
+  train_step = parallel.make_train_steps(
+      model, tx, mesh, parallel.StepConfig(batch, config.augment, train.compute_dtype(config)),
+      step_key)
   put = lambda a: parallel.put_replicated(mesh, a)
   images, labels = put(dataset.train_images), put(dataset.train_labels.astype(np.int32))
-  test_images = put(dataset.test_images[subset])
-  test_labels = put(dataset.test_labels[subset].astype(np.int32))
   mean = put(np.asarray(dataset.mean, np.float32))
   std = put(np.asarray(dataset.std, np.float32))
-  # Epochs one batch can read: one when the batch size divides the epoch, else two.
-  epochs = parallel.epochs_spanned(batch, train_size, batch if train_size % batch == 0 else 1)
+  # A fixed random test subset (the test set is sorted by class).
+  subset = np.random.default_rng(config.seed).permutation(len(dataset.test_labels))[:test_size]
+  chunk = train.eval_chunk(test_size, len(devices))
+  test = parallel.pad_for_eval(dataset.test_images[subset],
+                               dataset.test_labels[subset].astype(np.int32), len(devices), chunk)
+  test_images, test_labels, test_mask = (parallel.put_sharded(mesh, a) for a in test)
+  evaluate = parallel.make_eval_step(model, mesh, train.compute_dtype(config), chunk)
 
-  def batch_fn(t):
-    positions = t * batch + jnp.arange(batch, dtype=jnp.int32)
-    first_epoch = positions[0] // train_size
-    orders = parallel.epoch_orders(data_key, first_epoch, epochs, train_size)
-    index = parallel.stream_indices(orders, first_epoch, positions)
-    x = parallel.augment_batch(images[index], augment_key, positions, config.augment)
-    x = data.normalize(x, mean, std, dtype=dtype)
-    # Split the batch over the devices; the compiler partitions the model accordingly.
-    x = jax.lax.with_sharding_constraint(x, sharded)
-    y = jax.lax.with_sharding_constraint(labels[index], sharded)
-    return x, y, jax.random.fold_in(dropout_key, t)
+  lrs = np.asarray(lr(np.arange(sweep.num_steps)), np.float64)
+  losses: list[float] = []
+  pending: list[jax.Array] = []  # losses of the steps since the host last read them
+  metrics: list[float] = []
+  metric_steps: list[int] = []
+  progress = Progress(sweep.num_steps, enabled=primary)
+  base = {'config': dataclasses.asdict(config), 'sweep': dataclasses.asdict(sweep),
+          'data': dataset.source, 'train_examples': train_size, 'test_examples': test_size,
+          'device_kind': devices[0].device_kind, 'device_count': len(devices)}
 
-  def loss_fn(params, batch_stats, inputs):
-    x, y, key = inputs
-    logits, updated = model.apply({'params': params, 'batch_stats': batch_stats}, x,
-                                  train=True, rngs={'dropout': key}, mutable=['batch_stats'])
-    return parallel.cross_entropy(logits, y).mean(), updated['batch_stats']
+  def result() -> lrsched.RangeTestResult:
+    n = len(losses)
+    r = lrsched.RangeTestResult.from_losses(
+        lrs[:n], losses, smoothing=sweep.smoothing, diverge_factor=sweep.diverge_factor,
+        metrics=np.asarray(metrics), metric_steps=np.asarray(metric_steps, np.int64))
+    return dataclasses.replace(r, steps_run=n, num_steps=sweep.num_steps,
+                               stopped_early=r.diverged_at is not None and n < sweep.num_steps)
 
-  chunk = min(500, test_size)
-  chunks = -(-test_size // chunk)
+  def write(status: str) -> dict[str, Any]:
+    r = result()
+    report = {**base, 'status': status, 'wall_time_s': time.time() - start,
+              'suggestions': suggestions(r), 'result': json.loads(r.to_json())}
+    if primary:
+      path = os.path.join(workdir, 'range_test.json')
+      with open(path + '.tmp', 'w') as f:  # atomic: a kill never leaves half a file
+        json.dump(report, f, indent=2)
+      os.replace(path + '.tmp', path)
+    return report
 
-  def test_accuracy(params, batch_stats):
-    variables = {'params': params, 'batch_stats': batch_stats}
-
-    def correct(i):
-      start = jnp.minimum(i * chunk, test_size - chunk)  # the last chunk overlaps: mask it
-      x = jax.lax.dynamic_slice_in_dim(test_images, start, chunk)
-      y = jax.lax.dynamic_slice_in_dim(test_labels, start, chunk)
-      logits = model.apply(variables, data.normalize(x, mean, std, dtype=dtype), train=False)
-      new = start + jnp.arange(chunk) >= i * chunk
-      return ((logits.argmax(-1) == y) & new).sum()
-
-    return jax.lax.map(correct, jnp.arange(chunks)).sum() / test_size
-
-  def init(key):
-    params_key, init_dropout_key = jax.random.split(key)
-    return model.init({'params': params_key, 'dropout': init_dropout_key},
-                      jnp.zeros((batch // len(devices), 32, 32, 3), jnp.float32), train=False)
-
-  variables = jax.jit(init, out_shardings=parallel.replicated(mesh))(init_key)
-  try:
-    result = lrsched.range_test(
-        loss_fn, variables['params'], batch_fn, state=variables.get('batch_stats', {}),
-        min_lr=sweep.min_lr, max_lr=sweep.max_lr, num_steps=sweep.num_steps, mode=sweep.mode,
-        optimizer=lambda lr: train.build_optimizer(config, lr, momentum),
-        smoothing=sweep.smoothing, diverge_factor=sweep.diverge_factor,
-        metric_fn=test_accuracy, metric_every=sweep.metric_every,
-        chunk_size=sweep.chunk_size)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-
-  report = {
-      'config': dataclasses.asdict(config), 'sweep': dataclasses.asdict(sweep),
-      'data': dataset.source, 'train_examples': train_size, 'test_examples': test_size,
-      'device_kind': devices[0].device_kind, 'device_count': len(devices),
-      'wall_time_s': time.time() - start, 'suggestions': suggestions(result),
-      'result': json.loads(result.to_json()),
-  }
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'range_test.json'), 'w') as f:
-      json.dump(report, f, indent=2)
+  status = 'finished'
+  last = {'time': time.time(), 'step': 0}
+  with train.StopRequest() as stop:
+    for t in range(sweep.num_steps):
+      state = train_step(state, images, labels, mean, std, 1)
+      # Take the step's loss out of the state (which the next step donates).
+      step_metrics = state.metrics
+      state = state._replace(metrics=jax.device_put(parallel.Metrics.zeros(),
+                                                    parallel.replicated(mesh)))
+      pending.append(step_metrics.loss_sum / batch)
+      test_point = (t + 1) % sweep.metric_every == 0
+      if not (test_point or (t + 1) % config.log_every == 0 or t == 0
+              or t + 1 == sweep.num_steps or stop.signal is not None):
+        continue
+      losses.extend(float(v) for v in jax.device_get(pending))
+      pending.clear()
+      if result().diverged_at is not None:
+        break
+      if test_point:
+        accuracy = float(evaluate(state.params, state.batch_stats, test_images, test_labels,
+                                  test_mask, mean, std)[1])
+        metrics.append(accuracy)
+        metric_steps.append(t)
+        progress.note(f'step {t + 1}: lr {lrs[t]:.4g}, test accuracy {accuracy:.4f}')
+      now = time.time()
+      progress.update(t + 1, lr=float(lrs[t]), loss=float(result().smoothed_losses[-1]),
+                      images_per_sec=(t + 1 - last['step']) * batch / max(now - last['time'],
+                                                                          1e-9))
+      last.update(time=time.time(), step=t + 1)
+      if stop.signal is not None:
+        status = 'interrupted'
+        break
+      write('running')
+  progress.close()
+  report = write(status)
+  if primary:
     plots.plot_range_test(report, os.path.join(workdir, 'range_test.png'))
   return report
 
@@ -281,8 +296,7 @@ def sweep_from_flags(config: Config) -> Sweep:
   return Sweep(min_lr=_MIN_LR.value, max_lr=_MAX_LR.value, mode=_MODE.value,
                num_steps=_NUM_STEPS.value, test_examples=_TEST_EXAMPLES.value,
                metric_every=config.eval_every or DEFAULT_EVAL_EVERY,
-               smoothing=_SMOOTHING.value, diverge_factor=_DIVERGE_FACTOR.value,
-               chunk_size=_CHUNK_SIZE.value)
+               smoothing=_SMOOTHING.value, diverge_factor=_DIVERGE_FACTOR.value)
 
 
 def config_from_flags() -> Config:

@@ -213,9 +213,14 @@ def check_devices(config: Config, num_devices: int) -> int:
   return locals_[0]
 
 
+def compute_dtype(config: Config) -> Any:
+  """The dtype of the activations and convolutions (``--precision``)."""
+  return jnp.bfloat16 if config.precision == 'bfloat16' else jnp.float32
+
+
 def build_model(config: Config):
   """The Flax model of ``config`` (ConfigError for a bad name or setting)."""
-  dtype = jnp.bfloat16 if config.precision == 'bfloat16' else jnp.float32
+  dtype = compute_dtype(config)
   try:
     return models.create_model(config.model, num_classes=100 if config.dataset == 'cifar100'
                                else 10, dtype=dtype, bn_group_size=config.bn_group_size,
@@ -321,7 +326,7 @@ def create_state(model, tx, mesh, key, local_batch: int) -> parallel.TrainState:
   return jax.jit(init, out_shardings=parallel.replicated(mesh))(key)
 
 
-class _StopRequest:
+class StopRequest:
   """SIGTERM (preemption) and Ctrl-C set a flag; the loop saves and exits after the current
   dispatch (with several processes, at the next sync point: at most --log_every steps)."""
 
@@ -373,7 +378,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
     raise ConfigError(f'unknown --dataset={config.dataset!r}; valid: {", ".join(data.DATASETS)}')
   check_resumable(config, workdir)
   model = build_model(config)  # before loading the data, so that a typo fails at once
-  dtype = jnp.bfloat16 if config.precision == 'bfloat16' else jnp.float32
+  dtype = compute_dtype(config)
 
   dataset = data.load(config.dataset, config.data_dir, train_examples=config.train_examples,
                       seed=config.seed,
@@ -503,7 +508,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
 
   # The final checkpoint is written after the final evaluation: a run resumed from it has
   # nothing left to do.
-  with _StopRequest() as stop:
+  with StopRequest() as stop:
     while step < total_steps:
       phase = p.phase_at(step)
       phase_end = (p.phases[phase + 1].first_step if phase + 1 < len(p.phases)

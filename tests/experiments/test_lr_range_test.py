@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -26,7 +28,7 @@ def tiny(**changes) -> Config:
 
 
 SWEEP = lr_range_test.Sweep(min_lr=0.0, max_lr=3.0, mode='linear', num_steps=20,
-                            metric_every=4, test_examples=48, chunk_size=10)
+                            metric_every=4, test_examples=48)
 
 
 @pytest.fixture(scope='module')
@@ -38,6 +40,7 @@ def report(tmp_path_factory):
 def test_range_test_writes_the_curves_and_the_suggestions(report):
   workdir, report = report
   saved = json.load(open(workdir / 'range_test.json'))
+  assert saved['status'] == 'finished'
   assert saved['suggestions'] == report['suggestions']
   result = saved['result']
   n = len(result['lrs'])
@@ -134,3 +137,51 @@ def test_cli_refuses_training_schedule_flags(tmp_path):
   assert result.returncode == 2, result.stderr[-2000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and '--schedule, --steps do not apply' in errors[0]
+
+
+def test_the_sweep_is_the_trainers_step(tmp_path):
+  """Step t of the test is step t of `experiments.cifar` at the sweep's LR: same program,
+  data stream and augmentation, so the losses agree with the trainer's."""
+  from experiments import train
+
+  config = tiny(log_every=1, eval_every=None)
+  report = lr_range_test.run(config, SWEEP, workdir=str(tmp_path / 'range'))
+  n = 4
+  assert len(report['result']['losses']) >= n
+  # The trainer at the sweep's LRs (linear from 0 over N - 1 steps); its first evaluation
+  # row holds the mean training loss of steps 0..n-1.
+  spec = f'linear(init_lr=0.0, end_lr=3.0, total_steps={SWEEP.num_steps - 1})'
+  trained = train.train_and_evaluate(
+      Config(**{**dataclasses.asdict(config), 'schedule': spec, 'steps': SWEEP.num_steps - 1,
+                'eval_every': n, 'checkpoint_every': 1000,
+                'workdir': str(tmp_path / 'train')}))
+  assert trained['status'] == 'finished'
+  rows = [json.loads(line) for line in open(tmp_path / 'train' / 'metrics.jsonl')]
+  first = [r for r in rows if r.get('step') == n][-1]
+  np.testing.assert_allclose(first['train_loss'], np.mean(report['result']['losses'][:n]),
+                             rtol=1e-5)
+
+
+def test_an_interrupted_test_leaves_its_curve(tmp_path):
+  workdir = tmp_path / 'range'
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'experiments.lr_range_test', '--model=resnet8',
+       '--dataset=synthetic', '--synthetic_examples=256', '--batch_size=32',
+       '--bn_group_size=4', '--num_steps=2000', '--eval_every=4', '--log_every=2',
+       '--test_examples=48', '--max_lr=0.1', f'--workdir={workdir}'],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  lines = []
+  for line in process.stdout:  # progress comes while it runs
+    lines.append(line)
+    if 'test accuracy' in line and (workdir / 'range_test.json').exists():
+      break
+  running = json.load(open(workdir / 'range_test.json'))
+  assert running['status'] == 'running' and running['result']['losses']
+  process.send_signal(signal.SIGTERM)
+  rest, _ = process.communicate(timeout=120)
+  assert process.returncode == 0, ''.join(lines) + rest
+  saved = json.load(open(workdir / 'range_test.json'))
+  assert saved['status'] == 'interrupted'
+  assert len(running['result']['losses']) <= len(saved['result']['losses']) < 2000
+  assert any('lr ' in line and 'loss' in line for line in lines)
