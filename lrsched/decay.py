@@ -46,8 +46,16 @@ def linear(init_lr: Numeric, end_lr: Numeric, total_steps: int) -> Shape:
   _base.check_steps('linear', 'total_steps', total_steps)
 
   def fn(step):
-    frac = _base.to_float(jnp.minimum(step, total_steps)) / total_steps
-    return init_lr + (end_lr - init_lr) * frac
+    # Each half is interpolated from its own endpoint, with a fraction that is exactly 0
+    # there, so step 0 gives exactly init_lr and steps >= T exactly end_lr (the plain
+    # init + (end - init) * t / T misses end_lr once XLA turns / T into * (1 / T), and can
+    # then go negative). The clip keeps every value within [init_lr, end_lr].
+    t = jnp.clip(step, 0, total_steps)
+    done = _base.to_float(t) / total_steps
+    left = _base.to_float(total_steps - t) / total_steps
+    value = jnp.where(t <= total_steps - t, init_lr + (end_lr - init_lr) * done,
+                      end_lr + (init_lr - end_lr) * left)
+    return jnp.clip(value, jnp.minimum(init_lr, end_lr), jnp.maximum(init_lr, end_lr))
 
   return Shape(fn, boundaries=(0, total_steps), total_steps=total_steps)
 

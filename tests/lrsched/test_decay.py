@@ -322,3 +322,44 @@ def test_array_hyper_parameters_with_a_scalar_step():
   np.testing.assert_allclose(lrsched.constant(lrs)(3), lrs)
   np.testing.assert_allclose(lrsched.cosine(lrs, 10)(0), lrs)
   np.testing.assert_allclose(lrsched.step_decay(lrs, step_size=2, gamma=0.5)(2), lrs / 2)
+
+
+# --------------------------------------------------------------------------------------
+# Under jit: the end values and the bounds hold as they do eagerly (a jitted linear used
+# to end at -3.7e-9 instead of 0: XLA multiplies by 1/T where eager code divides by T).
+
+_LR = st.floats(0.0, 10.0, allow_subnormal=False)
+
+
+def _ulps(x, y) -> float:
+  x, y = np.float32(x), np.float32(y)
+  return float(abs(x - y) / np.spacing(max(abs(x), abs(y), np.float32(1e-30))))
+
+
+@given(init=_LR, end=_LR, total=st.integers(1, INT32_MAX), at=st.floats(0.0, 1.0))
+def test_linear_under_jit_ends_exactly_and_stays_within_its_bounds(init, end, total, at):
+  schedule = lrsched.linear(init_lr=init, end_lr=end, total_steps=total)
+  jitted = jax.jit(schedule)
+  low, high = np.float32(min(init, end)), np.float32(max(init, end))
+  middle = int(at * total)
+  for step, expected in ((0, init), (total, end), (min(total + 1, INT32_MAX), end),
+                         (INT32_MAX, end), (middle, None)):
+    eager, compiled = np.float32(schedule(step)), np.float32(jitted(step))
+    if expected is not None:
+      assert eager == compiled == np.float32(expected), (step, eager, compiled)
+    assert low <= compiled <= high and low <= eager <= high
+    assert _ulps(eager, compiled) <= 2, (step, eager, compiled)
+
+
+@pytest.mark.parametrize('make', [
+    lambda: lrsched.cosine(0.1, 3),
+    lambda: lrsched.polynomial(0.1, 3, power=2.0),
+    lambda: lrsched.one_cycle(max_lr=0.8, total_steps=3),
+    lambda: lrsched.warmup(lrsched.cosine(0.1, 7), warmup_steps=3),
+    lambda: lrsched.linear(init_lr=0.1, end_lr=0.0, total_steps=3),
+])
+def test_decays_to_zero_end_at_zero_under_jit(make):
+  schedule = make()
+  for step in (schedule.total_steps, schedule.total_steps + 1, INT32_MAX):
+    value = float(jax.jit(schedule)(step))
+    assert value >= 0.0 and value == float(schedule(step)), (step, value)
