@@ -313,6 +313,60 @@ _PRESETS += [
         notes=_SKL_NOTES),
 ]
 
+# --------------------------------------------------------------------------------------
+# The paper's comparison at the scale of two CPU cores: ResNet-20 (a Table 1 depth), 4 epochs
+
+_CPU_B = _steps(4, 128)  # B = 1563 iterations at batch 128: 4 epochs
+_CPU = dict(model='resnet20', shortcut='A', dataset='cifar10', augment='crop+flip',
+            batch_size=128, bn_momentum=0.9, bn_debias=True, optimizer='sgd', momentum='0.9',
+            weight_decay=5e-4, weight_decay_mode='coupled', eval_every=200,
+            checkpoint_every=200, steps=_CPU_B)
+_CPU_RANGE_TEST_LR = 1.5
+"""The super-convergence rule's max_lr from the range test of this setting (WORKSPACE.md,
+"CPU-sized reproduction"): the peak of the test accuracy over a 0 -> 3 sweep."""
+_CPU_SOURCE = (f'{_SC_SOURCE}, Fig. 1a and Table 1 scaled to 2 CPU cores: ResNet-20 at '
+               f'batch 128, B = {_CPU_B} iterations (4 epochs)')
+_CPU_NOTES = ('every arm shares the model, batch, weight decay 5e-4, crops and flips, '
+              'batch-norm running averages (fraction 0.9, debiased), seed and evaluation '
+              'points (every 200 iterations); only the schedule differs. Measured on 2 cores '
+              '(AMD EPYC, jax 0.10.2): about 0.6 s an iteration, so {time} for this arm')
+
+
+def _cpu_milestones(steps: int) -> list[int]:
+  return [steps // 2, steps * 3 // 4]
+
+
+_PRESETS += [
+    Preset(
+        'cpu-budget-1cycle', f'ResNet-20, batch 128, 1cycle {_CPU_RANGE_TEST_LR / 10:g} -> '
+        f'{_CPU_RANGE_TEST_LR:g} with cyclical momentum 0.95 -> 0.85, B = {_CPU_B} iterations',
+        _CPU_SOURCE,
+        dict(_CPU, schedule=f'smith_one_cycle(base_lr={_CPU_RANGE_TEST_LR / 10:g}, '
+                            f'max_lr={_CPU_RANGE_TEST_LR:g})', momentum='cyclical'),
+        notes='max_lr from the range test (the super-convergence rule), base_lr = max_lr / '
+              "10 and the annihilation of Smith 2018's 1cycle; " +
+              _CPU_NOTES.format(time='about 16 minutes')),
+    Preset(
+        'cpu-budget-step', f'ResNet-20, batch 128, LR 0.1 x0.1 at 50% and 75% of B = {_CPU_B}',
+        _CPU_SOURCE + ': the PC-LR baseline at the 1cycle budget',
+        dict(_CPU, schedule=f'multistep(lr=0.1, milestones={_cpu_milestones(_CPU_B)}, '
+                            'gamma=0.1)'),
+        notes="LR 0.1, the usual CIFAR ResNet LR at batch 128 (He et al. 2016); " +
+              _CPU_NOTES.format(time='about 16 minutes')),
+    Preset(
+        'cpu-budget-fixed', f'ResNet-20, batch 128, fixed LR 0.1 for B = {_CPU_B} iterations',
+        _CPU_SOURCE + ': a fixed LR at the 1cycle budget',
+        dict(_CPU, schedule='constant(lr=0.1)'),
+        notes=_CPU_NOTES.format(time='about 16 minutes')),
+    Preset(
+        'cpu-budget-step-4x', f'ResNet-20, batch 128, LR 0.1 x0.1 at 50% and 75% of 4B = '
+        f'{4 * _CPU_B}',
+        _CPU_SOURCE + ': how many iterations the PC-LR baseline needs',
+        dict(_CPU, schedule=f'multistep(lr=0.1, milestones={_cpu_milestones(4 * _CPU_B)}, '
+                            'gamma=0.1)', steps=4 * _CPU_B),
+        notes=_CPU_NOTES.format(time='about 65 minutes')),
+]
+
 PRESETS: Mapping[str, Preset] = types.MappingProxyType({p.name: p for p in _PRESETS})
 """Every preset, by name."""
 
@@ -329,6 +383,9 @@ SUITES: Mapping[str, Suite] = types.MappingProxyType({s.name: s for s in [
                 for kind in ('clr', 'step')), allow_differences=('model',)),
     Suite('smith18', '1cycle with cyclical momentum against a constant LR (Smith 2018)',
           ('smith18-1cycle', 'smith18-constant')),
+    Suite('cpu-budget', 'the super-convergence comparison on 2 CPU cores: 1cycle, step and '
+          'fixed LR in B iterations, step in 4B (about 2 hours)',
+          ('cpu-budget-1cycle', 'cpu-budget-step', 'cpu-budget-fixed', 'cpu-budget-step-4x')),
     Suite('skl-batch-size', 'decay the LR, or increase the batch size (Smith et al. 2017)',
           ('skl-decay-lr', 'skl-hybrid', 'skl-increase-batch')),
 ]})
