@@ -107,6 +107,9 @@ def main(argv: list[str]) -> int:
   except train.TrainingDiverged as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
+  except train.Interrupted as e:
+    print(f'stopped: {e}', file=sys.stderr)
+    return 130
   if summary['status'] == 'finished' and jax.process_index() == 0:
     print(f"finished {summary['steps']} steps in {summary['wall_time_s']:.1f} s: final test "
           f"accuracy {summary['final_test_accuracy']}, best {summary['best_test_accuracy']}")

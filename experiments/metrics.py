@@ -59,10 +59,13 @@ class MetricWriter:
       f.writelines(keep)
     self.rows = [json.loads(line) for line in keep]
 
-  def scalars(self, step: int, values: dict[str, float]) -> None:
+  def scalars(self, step: int, values: dict[str, float], *, flush: bool = True) -> None:
+    """Training scalars, on disk at once (an interrupted run keeps its curve)."""
     if self._tb is not None:
       for name, value in values.items():
         self._tb.add_scalar(name, value, step)
+      if flush:
+        self._tb.flush()
 
   def evaluation(self, row: dict[str, Any]) -> None:
     self.rows.append(row)
@@ -71,7 +74,8 @@ class MetricWriter:
     with open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')
     self.scalars(row['step'], {f'eval/{k}': v for k, v in row.items()
-                               if k not in ('step', 'epoch') and isinstance(v, (int, float))})
+                               if k not in ('step', 'epoch') and isinstance(v, (int, float))},
+                 flush=False)
     if self._tb is not None:
       self._tb.flush()
 
@@ -104,6 +108,10 @@ class Progress:
     self.tty = enabled and self.stream.isatty()
     self.start = time.time()
     self.first_step: int | None = None
+
+  def start_at(self, step: int) -> None:
+    """Times the ETA from ``step`` on (the first dispatch, compilation included, is done)."""
+    self.first_step, self.start = step, time.time()
 
   def update(self, step: int, *, lr: float, loss: float, images_per_sec: float) -> None:
     if not self.enabled:

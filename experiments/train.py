@@ -39,9 +39,15 @@ from experiments.metrics import MetricWriter, Progress
 
 log = logging.getLogger(__name__)
 
+REFRESH_SECONDS = 20.0
+"""The progress line is refreshed at least this often (wall clock), besides --log_every."""
 # Fields that may change between a run and its resumption (they don't change the result).
 RESUMABLE_CHANGES = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'eval_every',
                      'steps_per_dispatch', 'workdir', 'data_dir')
+
+
+class Interrupted(KeyboardInterrupt):
+  """A second Ctrl-C while a stop was already under way; the message says what was kept."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -340,9 +346,15 @@ class StopRequest:
     return self
 
   def _handle(self, signum, frame):
-    if self.signal is not None:  # a second Ctrl-C: stop now
-      raise KeyboardInterrupt
-    self.signal = signum
+    if self.signal is None:
+      self.signal = signum
+      print(f'\n{signal.Signals(signum).name}: stopping after the running step, then saving '
+            'a checkpoint' + (' (Ctrl-C again: quit without saving)'
+                              if signum == signal.SIGINT else ''), file=sys.stderr, flush=True)
+    elif signum == signal.SIGINT:  # a second Ctrl-C: the user wants out now
+      raise Interrupted('interrupted twice: stopped without saving this checkpoint; the '
+                        'previous one is kept (run the same command to resume)')
+    # A repeated SIGTERM (schedulers send several) changes nothing: the save is under way.
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -506,6 +518,20 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
     last.update(time=time.time(), step=step)
     return state
 
+  def refresh(step: int, state: parallel.TrainState) -> None:
+    """The progress line between sync points (reads the metrics; changes nothing)."""
+    metrics = jax.device_get(state.metrics)
+    now = time.time()
+    progress.update(step, lr=float(lr_schedule(step - 1)),
+                    loss=float(metrics.loss_sum / max(metrics.count, 1)),
+                    images_per_sec=((p.examples_at(step) - p.examples_at(last['step']))
+                                    / max(now - last['time'], 1e-9)))
+    last.update(time=now, step=step)
+
+  # Refreshing between sync points is a host read: with several processes every host must
+  # take the same path, so only the deterministic cadence (--log_every) is used there.
+  single_process = jax.process_count() == 1
+  in_flight: list[jax.Array] = []
   # The final checkpoint is written after the final evaluation: a run resumed from it has
   # nothing left to do.
   with StopRequest() as stop:
@@ -522,15 +548,24 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
       t0 = time.time()
       state = train_fn(phase)(state, train_images, train_labels, mean, std, n)
       step += n
+      # The host stays at most two dispatches ahead of the device, so that a stop (and a
+      # progress line) comes within a step or two, not after a long queue of them.
+      in_flight.append(state.step + 0)  # a copy: the state itself is donated to the next
+      if len(in_flight) > 2:
+        jax.block_until_ready(in_flight.pop(0))
       if compile_s is None:
         jax.block_until_ready(state.step)
         compile_s = time.time() - t0
         last.update(time=time.time(), step=step)
+        progress.start_at(step)
+        progress.note(f'step {step}: compiled and ran the first dispatch in {compile_s:.1f} s')
       # Evaluations, checkpoints and phase ends are boundaries, hence sync points: a stop
       # between them skips nothing that was due.
       at_sync_point = step == boundary or step == total_steps
       if at_sync_point:
         state = sync_point(step, state)
+      elif single_process and time.time() - last['time'] > REFRESH_SECONDS:
+        refresh(step, state)  # the progress line on a wall-clock cadence too
       if stop.requested(at_sync_point=at_sync_point) and step < total_steps:
         stopped_by = signal.Signals(stop.signal or signal.SIGTERM).name
         break
