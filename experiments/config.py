@@ -152,6 +152,8 @@ class Config:
     _choice('batch_lr_scaling', self.batch_lr_scaling, BATCH_LR_SCALINGS)
     _choice('precision', self.precision, PRECISIONS)
     _choice('weight_decay_mode', self.weight_decay_mode, WEIGHT_DECAY_MODES)
+    from experiments.data.augment import AUGMENTATIONS  # the module that owns the modes
+    _choice('augment', self.augment, AUGMENTATIONS)
     if self.shortcut is not None:
       _choice('shortcut', self.shortcut, SHORTCUTS)
     if self.batch_size < 1:

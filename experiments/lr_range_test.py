@@ -160,6 +160,7 @@ def run(config: Config, sweep: Sweep, *, workdir: str | None = None,
       sweep.min_lr, sweep.max_lr, sweep.num_steps - 1)
   tx = train.build_optimizer(config, lr, momentum)
   workdir = workdir or config.workdir or default_workdir(config)
+  train.check_workdir(workdir)
   dataset = data.load(config.dataset, config.data_dir, train_examples=config.train_examples,
                       seed=config.seed,
                       synthetic_size=(config.synthetic_examples, config.synthetic_examples // 5))

@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -298,6 +299,26 @@ def check_same_data(workdir: str, record: dict[str, Any]) -> None:
         '--workdir')
 
 
+def check_workdir(workdir: str) -> None:
+  """ConfigError unless ``workdir`` is, or can be made, a writable folder (checked before
+  the data is loaded, so that a bad path costs seconds, not a compile)."""
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f'--workdir={workdir} is a file, not a folder; give a folder path')
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f'--workdir={workdir} lies under the file {existing}; give a folder '
+                      'path')
+  try:  # a real write: permission bits say nothing of read-only mounts, nor for root
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise ConfigError(f'--workdir={workdir}: {existing} is not writable ({e.strerror}); '
+                      'give a folder you can write to') from None
+
+
 def check_resumable(config: Config, workdir: str) -> None:
   """A workdir holds one run: refuse to continue it with settings that change the result."""
   path = os.path.join(workdir, 'config.json')
@@ -388,6 +409,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   check_devices(config, num_devices)
   if config.dataset not in data.DATASETS:
     raise ConfigError(f'unknown --dataset={config.dataset!r}; valid: {", ".join(data.DATASETS)}')
+  check_workdir(workdir)
   check_resumable(config, workdir)
   model = build_model(config)  # before loading the data, so that a typo fails at once
   dtype = compute_dtype(config)

@@ -420,3 +420,28 @@ def test_cli_acknowledges_a_stop_at_once_and_a_repeated_sigterm_loses_nothing(tm
   stopped = int(re.search(r'stopped by SIGTERM at step (\d+)', err).group(1))
   assert os.path.isdir(tmp_path / 'checkpoints' / str(stopped))
   assert stopped < 1000  # within a few steps of the signal, not at a sync point
+
+
+@pytest.mark.parametrize('where, message', [
+    ('file', 'is a file, not a folder'),
+    ('under_file', 'lies under the file'),
+    ('read_only', 'is not writable'),
+])
+def test_an_unusable_workdir_is_one_error_before_loading_data(tmp_path, where, message):
+  (tmp_path / 'file').write_text('x')
+  read_only = tmp_path / 'ro'
+  read_only.mkdir()
+  read_only.chmod(0o500)
+  if where == 'read_only' and os.geteuid() == 0:
+    read_only = '/proc/1'  # root writes through permission bits, not into /proc
+  workdir = {'file': tmp_path / 'file', 'under_file': tmp_path / 'file' / 'run',
+             'read_only': os.path.join(read_only, 'run')}[where]
+  with pytest.raises(ConfigError, match=message):
+    # The data path does not exist either: the workdir must be checked first.
+    train.train_and_evaluate(tiny(workdir, dataset='cifar10', data_dir='/nonexistent'))
+
+
+def test_an_unknown_augmentation_is_refused_and_leaves_no_config(tmp_path):
+  with pytest.raises(ConfigError, match=r"--augment='rotate'.*flip"):
+    train.train_and_evaluate(tiny(tmp_path / 'run', augment='rotate'))
+  assert not (tmp_path / 'run').exists()
