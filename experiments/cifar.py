@@ -86,12 +86,22 @@ def initialize() -> None:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
 
-def main(argv: list[str]) -> int:
+def early_exit(argv: list[str]) -> int | None:
+  """What every binary does before its work: one line for stray arguments (exit 2; the
+  whole --help would bury it), and --list_presets (exit 0). None: go on."""
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    print(f'error: unexpected arguments {" ".join(argv[1:])!r}: flags are written '
+          '--name=value (see --help)', file=sys.stderr)
+    return 2
   if _LIST_PRESETS.value:
     print(presets.listing())
     return 0
+  return None
+
+
+def main(argv: list[str]) -> int:
+  if (code := early_exit(argv)) is not None:
+    return code
   # Heavy imports after flag parsing, so that --help and flag errors are instant.
   import jax
 

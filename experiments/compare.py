@@ -436,8 +436,8 @@ def arms_from_flags() -> tuple[list[Arm], tuple[str, ...], str]:
 
 
 def main(argv: list[str]) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if (code := cifar.early_exit(argv)) is not None:
+    return code
   from experiments import data
 
   cifar.initialize()

@@ -323,8 +323,8 @@ def config_from_flags() -> Config:
 
 
 def main(argv: list[str]) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if (code := cifar.early_exit(argv)) is not None:
+    return code
   from experiments import data
 
   cifar.initialize()

@@ -50,7 +50,7 @@ class Metrics(NamedTuple):
   loss_sum: jax.Array
   correct: jax.Array
   count: jax.Array
-  first_nonfinite_step: jax.Array  # -1 while every loss so far was finite
+  first_nonfinite_step: jax.Array  # -1 while every loss and update so far was finite
 
   @classmethod
   def zeros(cls) -> Metrics:
@@ -191,7 +191,9 @@ def make_train_steps(model, tx: optax.GradientTransformation, mesh: jax.sharding
     loss_sum = lax.psum(losses.sum(), AXIS)
     correct = lax.psum((logits.argmax(-1) == y).sum().astype(jnp.float32), AXIS)
     m = state.metrics
-    bad = (m.first_nonfinite_step < 0) & ~jnp.isfinite(loss_sum)
+    # The first step whose loss or update is NaN/inf, whatever the logging intervals.
+    finite = jnp.isfinite(loss_sum) & _all_finite(params)
+    bad = (m.first_nonfinite_step < 0) & ~finite
     metrics = Metrics(m.loss_sum + loss_sum, m.correct + correct,
                       m.count + cfg.global_batch,
                       jnp.where(bad, state.step, m.first_nonfinite_step))
@@ -268,10 +270,12 @@ def make_eval_step(model, mesh: jax.sharding.Mesh, dtype: Any, chunk: int):
   return jax.jit(body)
 
 
-@jax.jit
-def all_finite(tree: Any) -> jax.Array:
-  """Whether every leaf of ``tree`` is finite (checked before a checkpoint is written)."""
+def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+all_finite = jax.jit(_all_finite)
+"""Whether every leaf of ``tree`` is finite (checked before a checkpoint is written)."""
 
 
 def pad_for_eval(images: np.ndarray, labels: np.ndarray, num_devices: int,

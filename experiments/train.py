@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -54,9 +55,12 @@ class Interrupted(KeyboardInterrupt):
 class TrainingDiverged(RuntimeError):
   """The loss or the parameters became NaN or inf; the message names the step and the LR."""
 
-  def __init__(self, step: int, lr: float, what: str = 'the loss became NaN or inf at'):
+  def __init__(self, step: int, lr: float, what: str = 'the loss or the update became NaN or '
+               'inf at', *, last_checkpoint: int | None = None):
+    kept = ('no checkpoint was written before it' if last_checkpoint is None else
+            f'the last good checkpoint (step {last_checkpoint}) is kept')
     super().__init__(f'{what} step {step} (lr={lr:.6g}); stopped without saving the '
-                     'diverged state: the last good checkpoint is kept')
+                     f'diverged state: {kept}. Lower the LR, or shorten its warmup')
     self.step, self.lr = step, lr
 
 
@@ -129,7 +133,12 @@ def build_schedules(config: Config, total_steps: int
   try:
     lr = lrsched.parse(config.schedule, **context)
   except ValueError as e:
-    raise ConfigError(f'--schedule: {e}') from None
+    hint = ''
+    missing = re.search(r"missing required argument '((?:max_)?lr)'", str(e))
+    if config.lr is None and missing:
+      hint = ("; give the LR with --lr=VALUE, or in the spec, e.g. "
+              f"--schedule='{config.schedule.split('(')[0]}({missing.group(1)}=0.1)'")
+    raise ConfigError(f'--schedule: {e}{hint}') from None
   if not _fits_run(lr, total_steps):
     raise ConfigError(
         f'--schedule={lr!r} ends at step {lr.total_steps} but the run has {total_steps} '
@@ -484,7 +493,8 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
       checkpointer.close()
       writer.close()
       raise TrainingDiverged(step - 1, float(lr_schedule(step - 1)),
-                             'the parameters were NaN or inf after the update of')
+                             'the parameters were NaN or inf after the update of',
+                             last_checkpoint=saved_step)
     checkpointer.save(step, state)
 
   progress = Progress(total_steps, enabled=is_primary)
@@ -505,7 +515,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
       bad = int(metrics.first_nonfinite_step)
       checkpointer.close()
       writer.close()
-      raise TrainingDiverged(bad, float(lr_schedule(bad)))
+      raise TrainingDiverged(bad, float(lr_schedule(bad)), last_checkpoint=saved_step)
     now = time.time()
     images_per_sec = ((p.examples_at(step) - p.examples_at(last['step']))
                       / max(now - last['time'], 1e-9))
@@ -521,8 +531,10 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
       if not math.isfinite(test_loss):
         checkpointer.close()
         writer.close()
-        raise TrainingDiverged(step - 1, float(lr_schedule(step - 1)),
-                               'the test loss was NaN or inf after the update of')
+        # Step t diverges when the loss of the parameters after t updates is NaN or inf,
+        # as the step's own record counts it (parallel.Metrics): here t = step.
+        raise TrainingDiverged(step, float(lr_schedule(step - 1)),
+                               'the test loss was NaN or inf at', last_checkpoint=saved_step)
       best_accuracy = max(best_accuracy, test_accuracy)
       writer.evaluation({
           'step': step, 'epoch': p.epoch_at(step), 'lr': lr_now, 'momentum': mom_now,

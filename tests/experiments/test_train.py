@@ -445,3 +445,32 @@ def test_an_unknown_augmentation_is_refused_and_leaves_no_config(tmp_path):
   with pytest.raises(ConfigError, match=r"--augment='rotate'.*flip"):
     train.train_and_evaluate(tiny(tmp_path / 'run', augment='rotate'))
   assert not (tmp_path / 'run').exists()
+
+
+def test_cli_messages_name_the_fix(tmp_path):
+  result = _run_cli('--dataset=synthetic', '--schedule=1cycle', '--steps=3',
+                    f'--workdir={tmp_path}', timeout=120)
+  assert result.returncode == 2 and '--lr=VALUE' in result.stderr
+  assert "--schedule='1cycle(max_lr=0.1)'" in result.stderr
+  stray = _run_cli('stray', timeout=60)
+  assert stray.returncode == 2 and len(stray.stderr.strip().splitlines()) == 1
+  assert "unexpected arguments 'stray'" in stray.stderr
+
+
+def test_compare_lists_the_presets_its_help_points_to():
+  result = subprocess.run([sys.executable, '-m', 'experiments.compare', '--list_presets'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0 and 'cpu-budget:' in result.stdout
+
+
+def test_the_divergence_step_does_not_move_with_the_intervals(tmp_path):
+  steps = []
+  for i, intervals in enumerate([dict(log_every=1, eval_every=1, checkpoint_every=1),
+                                 dict(log_every=6, eval_every=6, checkpoint_every=6)]):
+    with pytest.raises(train.TrainingDiverged) as info:
+      train.train_and_evaluate(tiny(tmp_path / str(i), schedule='constant(lr=1e30)',
+                                    **intervals))
+    steps.append(info.value.step)
+    if i == 1:  # nothing was saved before the divergence: the message must not claim it
+      assert 'no checkpoint was written before it' in str(info.value)
+  assert steps[0] == steps[1]
