@@ -3,7 +3,10 @@ readable one.
 
 A checkpoint that cannot be restored (truncated by a preemption mid-write, corrupted on
 disk) is never deleted: it is moved to ``<workdir>/checkpoints_unreadable/<step>`` with a
-warning, and the previous one is used. A readable checkpoint whose arrays are not those of
+warning, and the previous one is used. Each checkpoint has a checksum of its arrays, computed
+on the device when it is saved (``checksums/<step>.json`` beside it) and verified on
+restore: a checkpoint whose bytes changed on disk counts as unreadable. A readable
+checkpoint whose arrays are not those of
 this run's state (written by other code, or another model) is an error that stops the run
 before anything is moved or trained: resuming from scratch over it would hide it. Nothing
 already saved is lost.
@@ -12,12 +15,14 @@ already saved is lost.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import shutil
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from experiments.config import ConfigError
@@ -34,6 +39,26 @@ def _arrays(tree: Any) -> collections.Counter:
   return collections.Counter((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree))
 
 
+class ChecksumMismatch(RuntimeError):
+  """A restored checkpoint's arrays differ from what was saved."""
+
+
+@jax.jit
+def checksums(tree: Any) -> list[jax.Array]:
+  """One uint32 per array: its bits, each weighted by an odd multiplier of its position,
+  summed modulo 2**32, so that a changed, lost or moved byte changes the sum."""
+  out = []
+  for x in jax.tree.leaves(tree):
+    x = jnp.ravel(x)
+    if x.dtype == jnp.bool_:
+      x = x.astype(jnp.uint8)
+    bits = jax.lax.bitcast_convert_type(
+        x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]).astype(jnp.uint32)
+    weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
+    out.append(jnp.sum(bits * weights, dtype=jnp.uint32))
+  return out
+
+
 class Checkpointer:
   """Saves and restores the `TrainState` pytree of one run."""
 
@@ -46,10 +71,35 @@ class Checkpointer:
         # Named up front, so that a new manager can read a checkpoint's metadata.
         item_handlers=ocp.StandardCheckpointHandler(),
     )
+    self.sums = os.path.abspath(os.path.join(workdir, 'checksums'))
+    self.set_aside: list[str] = []  # the checkpoints found unreadable by this run
 
-  def save(self, step: int, state: Any) -> None:
-    """Starts an asynchronous save; the next save or `wait` finishes it."""
+  def save(self, step: int, state: Any, extra: dict[str, Any] | None = None) -> None:
+    """Starts an asynchronous save; the next save or `wait` finishes it. ``extra``
+    (JSON) is kept beside the checksum and returned by `restore_latest`."""
+    sums = [int(v) for v in jax.device_get(checksums(state))]
     self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    if jax.process_index() == 0:
+      os.makedirs(self.sums, exist_ok=True)
+      path = self._sum_path(step)
+      with open(path + '.tmp', 'w') as f:
+        json.dump({'step': step, 'checksums': sums, **(extra or {})}, f)
+      os.replace(path + '.tmp', path)
+      kept = set(self.manager.all_steps()) | {step}
+      for name in os.listdir(self.sums):  # those of checkpoints rotated out
+        if name.endswith('.json') and name[:-5].isdigit() and int(name[:-5]) < min(kept):
+          os.remove(os.path.join(self.sums, name))
+
+  def _sum_path(self, step: int) -> str:
+    return os.path.join(self.sums, f'{step}.json')
+
+  def record(self, step: int) -> dict[str, Any]:
+    """What `save` kept beside the checkpoint of ``step`` ({} for one without it)."""
+    try:
+      with open(self._sum_path(step)) as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      return {}
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -80,11 +130,26 @@ class Checkpointer:
             'other code or another model. Use another --workdir, or the code that wrote it')
       try:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        self._verify(step, state)
       except Exception as e:  # the arrays match but can't be read: a damaged checkpoint
         self._unreadable(step, e)
         continue
       return state, step
     return None
+
+  def _verify(self, step: int, state: Any) -> None:
+    expected = self.record(step).get('checksums')
+    if expected is None:  # written before checksums existed
+      log.warning('checkpoint at step %d has no checksum (%s): restored unverified', step,
+                  self._sum_path(step))
+      return
+    actual = [int(v) for v in jax.device_get(checksums(state))]
+    bad = [i for i, (a, b) in enumerate(zip(actual, expected, strict=False)) if a != b]
+    if bad or len(actual) != len(expected):
+      names = [jax.tree_util.keystr(path) for path, _ in
+               jax.tree_util.tree_flatten_with_path(state)[0]]
+      raise ChecksumMismatch(f'{len(bad)} arrays differ from their checksum at save time '
+                             f'({", ".join(names[i] for i in bad[:3])})')
 
   def _unreadable(self, step: int, error: Exception) -> None:
     where = self._set_aside(step)
@@ -102,7 +167,10 @@ class Checkpointer:
         suffix += 1
         target = os.path.join(self.quarantine, f'{step}.{suffix}')
       shutil.move(source, target)
+      if os.path.exists(self._sum_path(step)):  # its checksum goes with it
+        shutil.move(self._sum_path(step), target + '.checksums.json')
     self.manager.reload()
+    self.set_aside.append(target)
     return target
 
 

@@ -460,7 +460,15 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   if restored is not None:
     state, start_step = restored
     log.info('resumed from the checkpoint at step %d in %s', start_step, workdir)
+  elif checkpointer.set_aside:
+    log.warning('no readable checkpoint in %s (set aside: %s): training from step 0',
+                checkpointer.directory, ', '.join(checkpointer.set_aside))
   writer = MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
+  saved_record = checkpointer.record(start_step) if restored is not None else {}
+  if len(writer.rows) < saved_record.get('evaluations', 0):
+    log.warning('%s holds %d evaluations up to step %d, the checkpoint counted %d: rows were '
+                'lost; best_test_accuracy still counts them (from the checkpoint)',
+                writer.path, len(writer.rows), start_step, saved_record['evaluations'])
   if is_primary:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -495,11 +503,13 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
       raise TrainingDiverged(step - 1, float(lr_schedule(step - 1)),
                              'the parameters were NaN or inf after the update of',
                              last_checkpoint=saved_step)
-    checkpointer.save(step, state)
+    checkpointer.save(step, state, {'best_test_accuracy': best_accuracy,
+                                    'evaluations': len(writer.rows)})
 
   progress = Progress(total_steps, enabled=is_primary)
   step = start_step
-  best_accuracy = writer.best('test_accuracy')
+  best_accuracy = max(writer.best('test_accuracy'),
+                      saved_record.get('best_test_accuracy', -1.0))
   last = {'time': time.time(), 'step': step}
   compile_s = None
   stopped_by = None

@@ -474,3 +474,50 @@ def test_the_divergence_step_does_not_move_with_the_intervals(tmp_path):
     if i == 1:  # nothing was saved before the divergence: the message must not claim it
       assert 'no checkpoint was written before it' in str(info.value)
   assert steps[0] == steps[1]
+
+
+def _largest_file(directory):
+  files = [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]
+  return max(files, key=os.path.getsize)
+
+
+def test_a_garbled_checkpoint_fails_its_checksum_and_the_previous_is_used(
+    finished_run, tmp_path, caplog):
+  import shutil
+  workdir = tmp_path / 'garbled'
+  shutil.copytree(finished_run[0], workdir)
+  target = _largest_file(workdir / 'checkpoints' / '6')
+  with open(target, 'r+b') as f:  # 64 random bytes in the middle: still a readable file
+    f.seek(os.path.getsize(target) // 2)
+    f.write(np.random.default_rng(0).bytes(64))
+  summary = train.train_and_evaluate(tiny(workdir))
+  assert summary['resumed_from_step'] == 3, caplog.text
+  assert 'checkpoint at step 6 is unreadable' in caplog.text and 'checksum' in caplog.text
+  assert os.path.isdir(workdir / 'checkpoints_unreadable' / '6')
+  assert_trees_equal(final_params(workdir), final_params(finished_run[0]))
+
+
+def test_when_no_checkpoint_is_readable_the_restart_says_so(finished_run, tmp_path, caplog):
+  import shutil
+  workdir = tmp_path / 'none'
+  shutil.copytree(finished_run[0], workdir)
+  for step in ('3', '6'):
+    target = _largest_file(workdir / 'checkpoints' / step)
+    with open(target, 'r+b') as f:
+      f.truncate(os.path.getsize(target) // 2)
+  summary = train.train_and_evaluate(tiny(workdir))
+  assert summary['resumed_from_step'] is None and summary['status'] == 'finished'
+  assert 'no readable checkpoint' in caplog.text and 'training from step 0' in caplog.text
+
+
+def test_a_lost_metrics_file_is_reported_and_the_best_accuracy_kept(finished_run, tmp_path,
+                                                                    caplog):
+  import shutil
+  workdir = tmp_path / 'lost'
+  shutil.copytree(finished_run[0], workdir)
+  shutil.rmtree(workdir / 'checkpoints' / '6')  # resume from 3, after two evaluations
+  os.remove(workdir / 'metrics.jsonl')
+  summary = train.train_and_evaluate(tiny(workdir))
+  assert summary['resumed_from_step'] == 3
+  assert 'rows were lost' in caplog.text
+  assert summary['best_test_accuracy'] == finished_run[1]['best_test_accuracy']
