@@ -1,7 +1,6 @@
 r"""One prepared GPU run: every headline figure of the project from one command.
 
-  python benchmarks/gpu_run.py --out=$OUT --data_dir=data/cifar10-jpeg.npz \
-      --reference_dir=data/super-convergence-logs
+  python benchmarks/gpu_run.py --out=$OUT --data_dir=data/cifar10-jpeg.npz
   python benchmarks/gpu_run.py --tiny --out=/tmp/gpu-run     # the same stages, tiny, on CPU
 
 GPU time is lent in 15-minute leases with at most 10 minutes a command, and only a few
@@ -308,8 +307,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--out', required=True, help='The output folder (flat, <= 8 files).')
   parser.add_argument('--data_dir', default='data/cifar10-jpeg.npz',
                       help='The CIFAR-10 copy the training stages read.')
-  parser.add_argument('--reference_dir', default=None,
-                      help="The authors' logs (CSV), recorded for the comparison plots.")
   parser.add_argument('--workdir', default='runs/gpu_run',
                       help='Where the runs keep their checkpoints (resumed by a rerun).')
   parser.add_argument('--budget_s', type=float, default=540.0,
