@@ -108,6 +108,7 @@ class Progress:
     self.tty = enabled and self.stream.isatty()
     self.start = time.time()
     self.first_step: int | None = None
+    self.eta_s = float('nan')  # the latest estimate of the time left, seconds
 
   def start_at(self, step: int) -> None:
     """Times the ETA from ``step`` on (the first dispatch, compilation included, is done)."""
@@ -121,6 +122,7 @@ class Progress:
       self.first_step, self.start = step, now
     done = step - self.first_step
     eta = (now - self.start) / done * (self.total - step) if done > 0 else float('nan')
+    self.eta_s = eta
     width = len(str(self.total))
     line = (f'step {step:>{width}}/{self.total} {100 * step / self.total:5.1f}% | '
             f'lr {lr:.4g} | loss {loss:.4f} | {images_per_sec:,.0f} img/s | '

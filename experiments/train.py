@@ -41,6 +41,8 @@ from experiments.metrics import MetricWriter, Progress
 
 log = logging.getLogger(__name__)
 
+SLOW_CPU_SECONDS = 3600.0
+"""On CPU, an ETA above this gets a warning that names the CPU-sized presets."""
 REFRESH_SECONDS = 20.0
 """The progress line is refreshed at least this often (wall clock), besides --log_every."""
 # Fields that may change between a run and its resumption (they don't change the result).
@@ -575,6 +577,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   # Refreshing between sync points is a host read: with several processes every host must
   # take the same path, so only the deterministic cadence (--log_every) is used there.
   single_process = jax.process_count() == 1
+  on_cpu, warned_slow = devices[0].platform == 'cpu', False
   in_flight: list[jax.Array] = []
   # The final checkpoint is written after the final evaluation: a run resumed from it has
   # nothing left to do.
@@ -610,6 +613,12 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
         state = sync_point(step, state)
       elif single_process and time.time() - last['time'] > REFRESH_SECONDS:
         refresh(step, state)  # the progress line on a wall-clock cadence too
+      if not warned_slow and progress.eta_s > SLOW_CPU_SECONDS and on_cpu:
+        warned_slow = True
+        log.warning('on this CPU the run needs about %.1f more hours at the measured speed; '
+                    'a run sized for CPUs: --preset=cpu-quickstart (minutes), or python -m '
+                    'experiments.compare --suite=cpu-budget (about 2 hours)',
+                    progress.eta_s / 3600)
       if stop.requested(at_sync_point=at_sync_point) and step < total_steps:
         stopped_by = signal.Signals(stop.signal or signal.SIGTERM).name
         break

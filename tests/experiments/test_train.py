@@ -521,3 +521,10 @@ def test_a_lost_metrics_file_is_reported_and_the_best_accuracy_kept(finished_run
   assert summary['resumed_from_step'] == 3
   assert 'rows were lost' in caplog.text
   assert summary['best_test_accuracy'] == finished_run[1]['best_test_accuracy']
+
+
+def test_a_long_cpu_run_names_the_cpu_presets(tmp_path, monkeypatch, caplog):
+  monkeypatch.setattr(train, 'SLOW_CPU_SECONDS', 0.0)
+  train.train_and_evaluate(tiny(tmp_path / 'run'))
+  warnings = [r.getMessage() for r in caplog.records if 'more hours' in r.getMessage()]
+  assert len(warnings) == 1 and '--preset=cpu-quickstart' in warnings[0]
