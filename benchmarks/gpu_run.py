@@ -234,7 +234,7 @@ def stage_train(run: Run, name: str, preset: str, *, min_left: float = 30.0) -> 
           f'--workdir={workdir}', f'--steps_per_dispatch={k}', '--checkpoint_every=500']
   if run.args.tiny:
     argv += ['--dataset=synthetic', '--synthetic_examples=256', '--model=resnet8',
-             '--batch_size=16', '--bn_group_size=8', '--steps=20', '--eval_every=10',
+             '--batch_size=64', '--bn_group_size=8', '--steps=20', '--eval_every=10',
              '--log_every=10', '--checkpoint_every=10',
              '--schedule=' + ('super_convergence(base_lr=0.1, max_lr=3.0, step_size=10)'
                               if name == 'clr' else
