@@ -228,14 +228,32 @@ def suggest_minimum(lrs: Any, losses: Any, *, divisor: float = 10.0) -> Suggesti
     f'loss' + _at_end(index, lrs.size, 'loss'))
 
 
+def smooth_metric(values: Any, window: int = 3) -> np.ndarray:
+  """The centred moving average of a metric curve over ``window`` points (odd, >= 1),
+  ignoring NaNs; the ends average the points they have. A range test's test accuracy is
+  noisy (a model mid-training at a high LR): one lucky evaluation must not set the peak."""
+  _base.check_steps('smooth_metric', 'window', window)
+  if window % 2 == 0:
+    raise _base.fail('smooth_metric', f'window must be odd (centred), got {window}')
+  values = np.asarray(values, dtype=np.float64)
+  finite = np.isfinite(values)
+  half = window // 2
+  kernel = np.ones(window)
+  sums = np.convolve(np.pad(np.where(finite, values, 0.0), half), kernel, 'valid')
+  counts = np.convolve(np.pad(finite.astype(np.float64), half), kernel, 'valid')
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where(finite, sums / counts, np.nan)
+
+
 def _peak(where: str, lrs: Any, values: Any, higher_is_better: bool,
-          divisor: float) -> tuple[int, float, float, str]:
+          divisor: float, window: int) -> tuple[int, float, float, str]:
   _base.check_range(where, 'divisor', divisor, 1)
   lrs, values = _curve(where, lrs, values, finite=False, minimum=1)
   finite = np.isfinite(values)
   if finite.sum() < MIN_POINTS:
     raise _base.fail(where, f'a suggestion needs at least {MIN_POINTS} finite values, got '
                             f'{int(finite.sum())}')
+  values = smooth_metric(values, window)
   masked = np.where(finite, values, -np.inf if higher_is_better else np.inf)
   index = int(np.argmax(masked) if higher_is_better else np.argmin(masked))
   end = _at_end(index, lrs.size, 'metric' if higher_is_better else 'loss')
@@ -243,7 +261,7 @@ def _peak(where: str, lrs: Any, values: Any, higher_is_better: bool,
 
 
 def suggest_clr_bounds(lrs: Any, values: Any, *, divisor: float = 4.0,
-                       higher_is_better: bool = True) -> Suggestion:
+                       higher_is_better: bool = True, window: int = 3) -> Suggestion:
   """Smith's CLR bounds (2017, §3.3): ``max_lr`` at the peak, ``base_lr = max_lr / divisor``.
 
   The paper reads ``max_lr`` where the accuracy "slows, becomes ragged, or starts to fall"
@@ -263,9 +281,11 @@ def suggest_clr_bounds(lrs: Any, values: Any, *, divisor: float = 4.0,
     values: the metric (e.g. test accuracy, or a test loss) at those LRs.
     divisor: ``max_lr / base_lr``, >= 1: 3 or 4 in the paper.
     higher_is_better: True for an accuracy, False for a loss.
+    window: the peak is that of `smooth_metric` over this many points (odd; 1: the raw
+      values). Smith reads the trend of the curve, not one evaluation.
   """
   index, max_lr, base_lr, end = _peak('suggest_clr_bounds', lrs, values, higher_is_better,
-                                      divisor)
+                                      divisor, window)
   best = 'highest metric' if higher_is_better else 'lowest metric'
   return Suggestion(
     'clr_bounds', max_lr, base_lr, index,
@@ -274,7 +294,7 @@ def suggest_clr_bounds(lrs: Any, values: Any, *, divisor: float = 4.0,
 
 
 def suggest_super_convergence(lrs: Any, values: Any, *, divisor: float = 1e3,
-                              higher_is_better: bool = True) -> Suggestion:
+                              higher_is_better: bool = True, window: int = 3) -> Suggestion:
   """Smith & Topin's 1cycle bounds: ``max_lr`` at the peak of the test accuracy (Fig. 2b).
 
   Super-convergence uses the largest LR at which the range test's test accuracy still
@@ -288,9 +308,10 @@ def suggest_super_convergence(lrs: Any, values: Any, *, divisor: float = 1e3,
     values: the metric (e.g. test accuracy, or a test loss) at those LRs.
     divisor: ``max_lr / min_lr``, >= 1.
     higher_is_better: True for an accuracy, False for a loss.
+    window: as for `suggest_clr_bounds`.
   """
   index, max_lr, min_lr, end = _peak('suggest_super_convergence', lrs, values,
-                                     higher_is_better, divisor)
+                                     higher_is_better, divisor, window)
   best = 'highest metric' if higher_is_better else 'lowest metric'
   return Suggestion(
     'super_convergence', max_lr, min_lr, index,
@@ -530,7 +551,8 @@ class RangeTestResult:
         f'least {MIN_POINTS}: lower metric_every, run more steps or lower max_lr'))
     return self.lrs[self.metric_steps], self.metrics, self.metric_steps
 
-  def clr_bounds(self, *, divisor: float = 4.0, higher_is_better: bool = True) -> Suggestion:
+  def clr_bounds(self, *, divisor: float = 4.0, higher_is_better: bool = True,
+                 window: int = 3) -> Suggestion:
     """Smith's CLR bounds (`suggest_clr_bounds`) from the recorded metric: ``max_lr`` at its
     best value, ``base_lr = max_lr / divisor``.
 
@@ -541,20 +563,22 @@ class RangeTestResult:
     Args:
       divisor: ``max_lr / base_lr``, 3 or 4 in the paper.
       higher_is_better: True for an accuracy, False for a held-out loss.
+      window: the metric's moving-average window (`smooth_metric`); 1 for the raw values.
     """
     lrs, values, steps = self._metric_curve('clr_bounds')
-    s = suggest_clr_bounds(lrs, values, divisor=divisor, higher_is_better=higher_is_better)
+    s = suggest_clr_bounds(lrs, values, divisor=divisor, higher_is_better=higher_is_better,
+                           window=window)
     return dataclasses.replace(s, step=int(steps[s.step]))
 
-  def super_convergence(self, *, divisor: float = 1e3,
-                        higher_is_better: bool = True) -> Suggestion:
+  def super_convergence(self, *, divisor: float = 1e3, higher_is_better: bool = True,
+                        window: int = 3) -> Suggestion:
     """Smith & Topin's 1cycle bounds (`suggest_super_convergence`) from the recorded metric:
     ``max_lr`` at its best value (test accuracy, Fig. 2b), ``min_lr = max_lr / divisor``.
     Needs a metric, as `clr_bounds`; arguments as `clr_bounds`.
     """
     lrs, values, steps = self._metric_curve('super_convergence')
     s = suggest_super_convergence(lrs, values, divisor=divisor,
-                                  higher_is_better=higher_is_better)
+                                  higher_is_better=higher_is_better, window=window)
     return dataclasses.replace(s, step=int(steps[s.step]))
 
   # ------------------------------------------------------------------------------------

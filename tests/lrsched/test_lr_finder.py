@@ -505,3 +505,24 @@ def test_linear_sweep_allows_zero_min_lr_and_exp_does_not():
   assert result.lrs[0] == 0.0 and result.lrs[-1] == pytest.approx(1.0)
   with pytest.raises(ValueError, match='min_lr must be > 0'):
     range_test(lambda p, b: jnp.sum(p), jnp.zeros(2), jnp.ones((10, 2)), min_lr=0.0, **kwargs)
+
+
+def test_one_lucky_evaluation_does_not_set_the_peak():
+  # The shape of a real range test (ResNet-20 on CPU, WORKSPACE.md): a plateau near 0.31
+  # from LR 0.45 to 1.05, then ragged, with one lucky point of 0.35 at 1.5.
+  lrs = np.arange(1, 21) * 0.15
+  acc = np.array([.24, .25, .33, .29, .32, .30, .30, .28, .15, .35, .27, .30, .25, .14, .23,
+                  .17, .12, .21, .21, .13])
+  assert suggest_super_convergence(lrs, acc, window=1).lr == pytest.approx(1.5)
+  smoothed = suggest_super_convergence(lrs, acc)  # the default reads the trend
+  assert 0.4 < smoothed.lr < 1.1
+  assert suggest_clr_bounds(lrs, acc).lr == smoothed.lr
+
+
+def test_smooth_metric_averages_neighbours_and_keeps_nans():
+  from lrsched.lr_finder import smooth_metric
+  np.testing.assert_allclose(smooth_metric([1.0, 2.0, 6.0, np.nan, 4.0]),
+                             [1.5, 3.0, 4.0, np.nan, 4.0])
+  np.testing.assert_array_equal(smooth_metric([3.0, 1.0], window=1), [3.0, 1.0])
+  with pytest.raises(ValueError, match='odd'):
+    smooth_metric([1.0, 2.0], window=2)
