@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -138,3 +139,39 @@ def test_list_presets_prints_names_sources_and_numbers():
     assert f'\n{name}: ' in '\n' + result.stdout
   assert 'arXiv:1708.07120' in result.stdout and 'paper 92.4%' in result.stdout
   assert "clr3SS5kFig1a: 92.44%" in result.stdout and 'skl-batch-size' in result.stdout
+
+
+CPU_SUITE = presets.get_suite('cpu-budget')
+
+
+def test_the_cpu_suite_differs_only_in_the_schedule():
+  configs = {name: presets.get(name).config() for name in CPU_SUITE.arms}
+  varying = {'schedule', 'momentum', 'steps'}
+  first = dataclasses.asdict(next(iter(configs.values())))
+  for config in configs.values():
+    values = dataclasses.asdict(config)
+    assert {k for k in values if values[k] != first[k]} <= varying
+    assert config.model == 'resnet20' and config.batch_size == 128
+  assert configs['cpu-budget-step-4x'].steps == 4 * configs['cpu-budget-step'].steps
+  for name, config in configs.items():  # each arm plans against CIFAR-10's 50k examples
+    plan = train.plan(config, 50_000, 1)
+    assert plan.total_steps == config.steps, name
+  assert configs['cpu-budget-1cycle'].momentum == 'cyclical'
+
+
+def test_the_cpu_suite_runs_end_to_end_at_tiny_size(tmp_path):
+  """Every arm of the suite, on synthetic data and ResNet-8, with its schedule rescaled to
+  a run of 8 iterations (32 for the 4x arm): the machinery the full run relies on."""
+  arms = []
+  for arm in compare.arms_from_presets(CPU_SUITE.arms):
+    steps = 32 if arm.name.endswith('-4x') else 8
+    schedule = arm.config.schedule
+    if schedule.startswith('multistep'):
+      schedule = f'multistep(lr=0.1, milestones={presets._cpu_milestones(steps)}, gamma=0.1)'
+    config = arm.config.replace(model='resnet8', dataset='synthetic', synthetic_examples=256,
+                                steps=steps, eval_every=4, checkpoint_every=4, log_every=4,
+                                schedule=schedule)
+    arms.append(dataclasses.replace(arm, config=config))
+  results = compare.compare(arms, str(tmp_path))
+  assert [r['status'] for r in results] == ['finished'] * len(arms)
+  assert (tmp_path / 'comparison.md').exists() and (tmp_path / 'comparison.png').exists()
