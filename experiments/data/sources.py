@@ -21,7 +21,9 @@ A ``data_dir`` is recognised by its content, not by a flag. Accepted layouts:
 * An image folder: ``train/<class>/*.png|jpg|jpeg`` and ``test/<class>/*``; classes are the
   sorted folder names; images must be 32x32 (grey and RGBA images are converted to RGB).
 
-Without a ``data_dir``, CIFAR comes from tensorflow-datasets (an optional dependency).
+Without a ``data_dir``: the official archive in the cache (``downloads/``), else a copy that
+tensorflow-datasets (optional) has prepared, else the official archive, downloaded into the
+cache and checked against its published MD5 (`experiments.data.download`; no TensorFlow).
 
 Every image array is ``uint8 [N, 32, 32, 3]`` (HWC, RGB), every label array ``int32 [N]``,
 and each split is sorted by class (stable, so the source's order within a class is kept):
@@ -51,6 +53,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from experiments.data import download
+
 log = logging.getLogger(__name__)
 
 DATASETS = ('cifar10', 'cifar100', 'synthetic')
@@ -69,8 +73,9 @@ _NO_DATA_HINT = (
     'pass --data_dir=<a local copy> (accepted: {layouts}), or use --dataset=synthetic'
 )
 
-# The host tensorflow-datasets downloads CIFAR from; probed before any download starts.
-# $LRSCHED_TFDS_PROBE_HOST (host:port) probes another (a proxy; tests use a closed port).
+# The host the official archives come from (`download.SOURCES`; TFDS uses it too), probed
+# before any download starts. $LRSCHED_TFDS_PROBE_HOST (host:port) probes another (a proxy;
+# tests use a closed port).
 _DOWNLOAD_HOST = ('www.cs.toronto.edu', 443)
 _PROBE_TIMEOUT_S = 3.0
 
@@ -181,7 +186,7 @@ def load(dataset: str, data_dir: str | os.PathLike[str] | None = None, *,
       raise DataError(f'data_dir ({data_dir}) is not used with dataset=synthetic; drop it')
     splits = _synthetic(seed, (50_000, 10_000) if synthetic_size is None else synthetic_size)
   elif data_dir is None:
-    splits = _load_tfds(dataset)
+    splits = _load_default(dataset)
   else:
     splits = _load_local(dataset, Path(os.path.expanduser(os.fspath(data_dir))))
 
@@ -803,38 +808,50 @@ def _have_tensorflow() -> bool:
   return importlib.util.find_spec('tensorflow') is not None
 
 
-def _load_tfds(dataset: str) -> _Splits:
-  """Loads a whole CIFAR split with tensorflow-datasets, failing fast when it cannot.
-
-  TFDS reads prepared data without TensorFlow (``as_data_source``, ArrayRecord files), but
-  preparing CIFAR (download and conversion) needs TensorFlow. Nothing is downloaded
-  unless the download host answers within a few seconds.
-  """
+def _load_default(dataset: str) -> _Splits:
+  """CIFAR with no --data_dir: the official archive in the cache, else a copy that
+  tensorflow-datasets has prepared, else the official archive downloaded into the cache
+  (`experiments.data.download`; no TensorFlow needed). Offline, it fails within seconds."""
+  cached = download.cached_path(dataset, cache_dir())
+  if cached.exists():
+    return _read_python_tar(cached)
+  builder = _tfds_builder(dataset)
+  if builder is not None:
+    return _load_tfds(dataset, builder)
   hint = _NO_DATA_HINT.format(layouts=LAYOUTS)
+  host = ':'.join(str(part) for part in _probe_address())
+  if not _network_reachable():
+    raise DataError(f'{dataset} is neither in the cache ({cached}) nor prepared for '
+                    f'tensorflow-datasets, and {host} (where the official archive is '
+                    f'downloaded from) is unreachable; {hint}')
+  try:
+    return _read_python_tar(download.fetch(dataset, cache_dir()))
+  except download.DownloadError as e:
+    raise DataError(f'downloading {dataset} failed ({e}); {hint}') from e
+
+
+def _tfds_builder(dataset: str):
+  """The tensorflow-datasets builder of ``dataset`` if TFDS is installed and has it
+  prepared, else None (TFDS is optional; preparing needs TensorFlow, which we don't)."""
   try:
     import tensorflow_datasets as tfds  # optional and slow to import
-  except ImportError as e:
-    raise DataError(f'tensorflow-datasets is not installed ({_reason(e)}); {hint}') from e
+  except ImportError:
+    return None
   try:
     builder = tfds.builder(dataset)
-    prepared = builder.is_prepared()
+    return builder if builder.is_prepared() else None
   except Exception as e:  # tfds raises many types
-    raise DataError(f'tensorflow-datasets cannot open {dataset} ({_reason(e)}); {hint}') from e
+    log.info('tensorflow-datasets cannot open %s (%s)', dataset, _reason(e))
+    return None
+
+
+def _load_tfds(dataset: str, builder: Any) -> _Splits:
+  """Reads a whole CIFAR copy that tensorflow-datasets has prepared (ArrayRecord files need
+  no TensorFlow; an older TFRecord copy does)."""
+  import tensorflow_datasets as tfds
+
+  hint = _NO_DATA_HINT.format(layouts=LAYOUTS)
   where = f'tensorflow-datasets data dir {builder.data_dir}'
-  if not prepared:
-    if not _have_tensorflow():
-      raise DataError(f'{dataset} is not prepared in the {where}, and preparing it needs '
-                      f'TensorFlow, which is not installed; {hint}')
-    host = ':'.join(str(part) for part in _probe_address())
-    if not _network_reachable():
-      raise DataError(f'{dataset} is not prepared in the {where}, and {host} (where it is '
-                      f'downloaded from) is unreachable; {hint}')
-    log.info('downloading and preparing %s with tensorflow-datasets', dataset)
-    try:
-      builder.download_and_prepare(file_format='array_record')
-    except Exception as e:
-      raise DataError(f'tensorflow-datasets failed to prepare {dataset} ({_reason(e)}); '
-                      f'{hint}') from e
   splits = {}
   for split in ('train', 'test'):
     try:

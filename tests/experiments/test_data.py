@@ -8,6 +8,7 @@ import pickle
 import socket
 import sys
 import tarfile
+import threading
 import time
 import types
 from pathlib import Path
@@ -341,26 +342,97 @@ def assert_points_elsewhere(error: data.DataError) -> None:
   assert '\n' not in message
 
 
-@pytest.mark.parametrize('have_tensorflow', [True, False])
-def test_tfds_without_network_fails_fast(monkeypatch, have_tensorflow):
-  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', fake_tfds(prepared=False))
-  monkeypatch.setattr(sources, '_have_tensorflow', lambda: have_tensorflow)
+def _no_tfds_copy(monkeypatch, tmp_path):
+  monkeypatch.setenv('LRSCHED_CACHE', str(tmp_path / 'cache'))
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)  # makes the import fail
+
+
+def test_without_data_or_network_fails_fast(monkeypatch, tmp_path):
+  _no_tfds_copy(monkeypatch, tmp_path)
   probes = []
   monkeypatch.setattr(sources, '_network_reachable', lambda: probes.append(1) or False)
   start = time.perf_counter()
-  with pytest.raises(data.DataError, match='not prepared') as error:
+  with pytest.raises(data.DataError, match='unreachable') as error:
     data.load('cifar10')
-  assert time.perf_counter() - start < 1.0
+  assert time.perf_counter() - start < 1.0 and probes == [1]
   assert_points_elsewhere(error.value)
-  assert ('unreachable' in str(error.value)) == have_tensorflow
-  assert len(probes) == int(have_tensorflow)
 
 
-def test_tfds_not_installed(monkeypatch):
-  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)  # makes the import fail
-  with pytest.raises(data.DataError, match='tensorflow-datasets is not installed') as error:
+def test_an_unprepared_tfds_copy_is_not_prepared_with_tensorflow(monkeypatch, tmp_path):
+  monkeypatch.setenv('LRSCHED_CACHE', str(tmp_path / 'cache'))
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', fake_tfds(prepared=False))
+  monkeypatch.setattr(sources, '_network_reachable', lambda: False)
+  with pytest.raises(data.DataError, match='nor prepared for tensorflow-datasets'):
     data.load('cifar100')
+
+
+def _fake_archive(path, dataset='cifar10'):
+  """A tiny cifar-10-python.tar.gz: the official layout, 4 images a batch."""
+  rng = np.random.default_rng(0)
+  with tarfile.open(path, 'w:gz') as tar:
+    def add(name, obj):
+      payload = pickle.dumps(obj)
+      info = tarfile.TarInfo(f'cifar-10-batches-py/{name}')
+      info.size = len(payload)
+      tar.addfile(info, io.BytesIO(payload))
+    for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
+      add(name, {b'data': rng.integers(0, 256, (10, 3072), dtype=np.uint8),
+                 b'labels': list(range(10))})
+    add('batches.meta', {b'label_names': [f'c{i}'.encode() for i in range(10)]})
+
+
+@pytest.fixture
+def http_server(tmp_path):
+  """A loopback HTTP server over tmp_path/www (no test touches the internet)."""
+  import functools
+  import http.server
+  root = tmp_path / 'www'
+  root.mkdir()
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+  handler.log_message = lambda *args: None
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  yield root, f'http://127.0.0.1:{server.server_address[1]}'
+  server.shutdown()
+
+
+def test_the_official_archive_is_downloaded_verified_and_cached(monkeypatch, tmp_path,
+                                                                http_server):
+  import hashlib
+
+  from experiments.data import download
+  root, base = http_server
+  _fake_archive(root / 'cifar-10-python.tar.gz')
+  checksum = hashlib.md5((root / 'cifar-10-python.tar.gz').read_bytes()).hexdigest()
+  monkeypatch.setitem(download.SOURCES, 'cifar10',
+                      (f'{base}/cifar-10-python.tar.gz', checksum))
+  _no_tfds_copy(monkeypatch, tmp_path)
+  monkeypatch.setattr(sources, '_network_reachable', lambda: True)
+  ds = data.load('cifar10')
+  assert ds.train_images.shape == (50, 32, 32, 3) and ds.test_images.shape == (10, 32, 32, 3)
+  cached = tmp_path / 'cache' / 'downloads' / 'cifar-10-python.tar.gz'
+  assert cached.exists() and not list(cached.parent.glob('*.partial*'))
+  (root / 'cifar-10-python.tar.gz').unlink()  # the second load reads the cache only
+  np.testing.assert_array_equal(data.load('cifar10').train_images, ds.train_images)
+
+
+def test_a_download_that_fails_its_checksum_is_never_cached(monkeypatch, tmp_path,
+                                                            http_server):
+  from experiments.data import download
+  root, base = http_server
+  _fake_archive(root / 'cifar-10-python.tar.gz')
+  monkeypatch.setitem(download.SOURCES, 'cifar10',
+                      (f'{base}/cifar-10-python.tar.gz', '0' * 32))
+  _no_tfds_copy(monkeypatch, tmp_path)
+  monkeypatch.setattr(sources, '_network_reachable', lambda: True)
+  with pytest.raises(data.DataError, match='is not the published') as error:
+    data.load('cifar10')
   assert_points_elsewhere(error.value)
+  assert not list((tmp_path / 'cache' / 'downloads').iterdir())
+  monkeypatch.setitem(download.SOURCES, 'cifar10', (f'{base}/missing.tar.gz', '0' * 32))
+  with pytest.raises(data.DataError, match='404'):
+    data.load('cifar10')
 
 
 def test_network_probe():
@@ -415,16 +487,6 @@ def test_tfds_mock_end_to_end(monkeypatch, dataset, num_classes):
   assert ds.num_classes == num_classes == len(ds.label_names)
   assert np.all(np.diff(ds.train_labels) >= 0) and ds.train_labels.max() < num_classes
   assert 'tensorflow-datasets' in ds.source
-
-
-@needs_tfds
-def test_tfds_unprepared_without_network(monkeypatch):
-  monkeypatch.setattr(sources, '_have_tensorflow', lambda: True)
-  monkeypatch.setattr(sources, '_network_reachable', lambda: False)
-  with tfds.testing.mock_data(num_examples=4), pytest.raises(data.DataError) as error:
-    data.load('cifar10')
-  assert 'unreachable' in str(error.value)
-  assert_points_elsewhere(error.value)
 
 
 # --------------------------------------------------------------------------------------
@@ -646,9 +708,10 @@ def test_bad_dataset_arguments(tmp_path):
   assert issubclass(data.DataError, ValueError)
 
 
-def test_empty_data_dir_means_tfds(monkeypatch):
-  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
-  with pytest.raises(data.DataError, match='tensorflow-datasets is not installed'):
+def test_empty_data_dir_means_no_data_dir(monkeypatch, tmp_path):
+  _no_tfds_copy(monkeypatch, tmp_path)
+  monkeypatch.setattr(sources, '_network_reachable', lambda: False)
+  with pytest.raises(data.DataError, match='neither in the cache'):
     data.load('cifar10', '')
 
 

@@ -325,7 +325,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
 def test_cli_without_network_or_data_fails_fast_naming_the_fixes(tmp_path):
   start = time.time()
   result = _run_cli(f'--workdir={tmp_path}', '--steps=1', timeout=120,
-                    env={'LRSCHED_TFDS_PROBE_HOST': '127.0.0.1:9'})
+                    env={'LRSCHED_TFDS_PROBE_HOST': '127.0.0.1:9',
+                         'LRSCHED_CACHE': str(tmp_path / 'cache')})
   assert result.returncode == 2, result.stderr[-2000:]
   assert '--data_dir' in result.stderr and '--dataset=synthetic' in result.stderr
   assert time.time() - start < 60
