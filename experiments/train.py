@@ -131,12 +131,12 @@ def build_schedules(config: Config, total_steps: int
                     ) -> tuple[lrsched.Schedule, float | lrsched.Schedule | None]:
   context: dict[str, Any] = {'total_steps': total_steps}
   if config.lr is not None:
-    context.update(lr=config.lr, max_lr=config.lr)
+    context.update(lr=config.lr, max_lr=config.lr, peak_lr=config.lr)
   try:
     lr = lrsched.parse(config.schedule, **context)
   except ValueError as e:
     hint = ''
-    missing = re.search(r"missing required argument '((?:max_)?lr)'", str(e))
+    missing = re.search(r"missing required argument '((?:max_|peak_)?lr)'", str(e))
     if config.lr is None and missing:
       hint = ("; give the LR with --lr=VALUE, or in the spec, e.g. "
               f"--schedule='{config.schedule.split('(')[0]}({missing.group(1)}=0.1)'")

@@ -76,4 +76,7 @@ from lrsched.restarts import sgdr
 # Schedules as data.
 from lrsched.spec import describe, from_dict, from_json, parse, to_dict, to_json
 
+# Warmup-stable-decay (MiniCPM 2024) and the inverse square root (Vaswani et al. 2017).
+from lrsched.warmup_decay import rsqrt, wsd
+
 __version__ = '0.1.0'

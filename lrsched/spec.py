@@ -44,6 +44,8 @@ ALIASES: Mapping[str, str] = MappingProxyType({
     'fixed': 'constant',
     'step': 'step_decay',
     'cos': 'cosine',
+    'warmup_stable_decay': 'wsd',
+    'inverse_sqrt': 'rsqrt',
 })
 """Other names a spec may use for a schedule: alias -> registered name."""
 

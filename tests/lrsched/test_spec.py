@@ -44,6 +44,8 @@ EXAMPLES = [
     'fastai_one_cycle(max_lr=0.8, total_steps=200)',
     'fastai_one_cycle_momentum(total_steps=200, pct_start=0.3)',
     'log_linear(1e-5, 10.0, 100)',
+    'wsd(peak_lr=0.5, total_steps=200, warmup_steps=20, decay="cosine", final_lr=1e-3)',
+    'rsqrt(peak_lr=1e-3, warmup_steps=20, total_steps=200, cooldown_steps=40)',
 ]
 
 
