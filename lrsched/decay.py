@@ -44,20 +44,23 @@ def linear(init_lr: Numeric, end_lr: Numeric, total_steps: int) -> Shape:
   _base.check_lr('linear', 'init_lr', init_lr)
   _base.check_lr('linear', 'end_lr', end_lr)
   _base.check_steps('linear', 'total_steps', total_steps)
+  return Shape(lambda step: ramp(init_lr, end_lr, step, total_steps), boundaries=(0, total_steps),
+               total_steps=total_steps)
 
-  def fn(step):
-    # Each half is interpolated from its own endpoint, with a fraction that is exactly 0
-    # there, so step 0 gives exactly init_lr and steps >= T exactly end_lr (the plain
-    # init + (end - init) * t / T misses end_lr once XLA turns / T into * (1 / T), and can
-    # then go negative). The clip keeps every value within [init_lr, end_lr].
-    t = jnp.clip(step, 0, total_steps)
-    done = _base.to_float(t) / total_steps
-    left = _base.to_float(total_steps - t) / total_steps
-    value = jnp.where(t <= total_steps - t, init_lr + (end_lr - init_lr) * done,
-                      end_lr + (init_lr - end_lr) * left)
-    return jnp.clip(value, jnp.minimum(init_lr, end_lr), jnp.maximum(init_lr, end_lr))
 
-  return Shape(fn, boundaries=(0, total_steps), total_steps=total_steps)
+def ramp(start: Numeric, end: Numeric, step: jnp.ndarray, length: int) -> jnp.ndarray:
+  """``start`` -> ``end`` linearly over steps [0, length], held after: the one linear
+  interpolation of the library, exact at both ends and never outside [start, end].
+
+  Each half is interpolated from its own endpoint, with a fraction that is exactly 0
+  there: the plain ``start + (end - start) * t / T`` misses ``end`` once XLA turns ``/ T``
+  into ``* (1 / T)``, and can then go negative.
+  """
+  t = jnp.clip(step, 0, length)
+  done = _base.to_float(t) / length
+  left = _base.to_float(length - t) / length
+  value = jnp.where(t <= length - t, start + (end - start) * done, end + (start - end) * left)
+  return jnp.clip(value, jnp.minimum(start, end), jnp.maximum(start, end))
 
 
 # The gamma of a decay: (0, 1]. A factor above 1 would make the "decay" grow the LR.

@@ -19,19 +19,10 @@ import jax.numpy as jnp
 
 from lrsched import _base
 from lrsched._base import Numeric, Shape
-from lrsched.decay import cosine_weight
+from lrsched.decay import cosine_weight, ramp
 
 WSD_DECAYS = ('linear', 'cosine', 'sqrt', 'exponential')
 """The decay shapes of `wsd`."""
-
-
-def _ramp(start: Numeric, end: Numeric, step: jnp.ndarray, length: int) -> jnp.ndarray:
-  """start -> end linearly over [0, length], exact at both ends (see `lrsched.linear`)."""
-  t = jnp.clip(step, 0, length)
-  done = _base.to_float(t) / length
-  left = _base.to_float(length - t) / length
-  value = jnp.where(t <= length - t, start + (end - start) * done, end + (start - end) * left)
-  return jnp.clip(value, jnp.minimum(start, end), jnp.maximum(start, end))
 
 
 @_base.register
@@ -89,12 +80,12 @@ def wsd(peak_lr: Numeric, total_steps: int, warmup_steps: int = 0,
   decay_start = total_steps - decay_steps
 
   def fn(step):
-    warm = _ramp(init_lr, peak_lr, step, warmup_steps) if warmup_steps else peak_lr
+    warm = ramp(init_lr, peak_lr, step, warmup_steps) if warmup_steps else peak_lr
     t = jnp.clip(step - decay_start, 0, decay_steps)
     done = _base.to_float(t) / decay_steps
     left = _base.to_float(decay_steps - t) / decay_steps
     if decay == 'linear':
-      falling = _ramp(peak_lr, final_lr, t, decay_steps)
+      falling = ramp(peak_lr, final_lr, t, decay_steps)
     elif decay == 'cosine':
       falling = final_lr + (peak_lr - final_lr) * cosine_weight(left)
     elif decay == 'sqrt':
@@ -154,7 +145,7 @@ def rsqrt(peak_lr: Numeric, warmup_steps: int, total_steps: int | None = None,
     if total_steps is not None:
       step = jnp.minimum(step, total_steps)
     t = _base.to_float(step)
-    rising = _ramp(0.0, peak_lr, step, warmup_steps)
+    rising = ramp(0.0, peak_lr, step, warmup_steps)
     falling = peak_lr * (root_w / jnp.sqrt(jnp.maximum(t, float(warmup_steps))))
     value = jnp.where(step < warmup_steps, rising, jnp.minimum(falling, peak_lr))
     if cooldown_steps:
