@@ -10,10 +10,11 @@ seconds (default 540: 9 minutes), each stage a subprocess of our own binaries:
 1. ``env``: JAX, jaxlib, CUDA and cuDNN versions and the device; one tiny training run of
    ``experiments.cifar`` that compiles and runs the trainer. It fails in seconds if our code
    does not import or compile on the machine's JAX, and then nothing else runs.
-2. ``bench``: ``experiments.benchmark`` with the PyTorch reference side by side: ResNet-56
-   bfloat16 at batch 512 and 1000 with K = 1 and 10 (with profile summaries); the schedule
-   cost (constant, one_cycle, triangular) at batch 1000 and the best K; WRN-28-10 bfloat16
-   at batch 128.
+2. ``bench``: ``experiments.benchmark`` with the PyTorch reference side by side, in four
+   calls that each get a share of the time (one that runs out costs only itself): ResNet-56
+   bfloat16 at batch 1000 with K = 1 and 10 (with profile summaries); the schedule cost
+   (constant, one_cycle, triangular) at batch 1000, K = 10; ResNet-56 at batch 512; WRN-28-10
+   bfloat16 at batch 128.
 3. ``clr``: the ``sc-fig1a-clr`` preset (ResNet-56, 10k iterations, batch 1000) with the
    fastest K the table found, in bfloat16, wall time included.
 4. ``step``: the budget-matched step arm of ``--suite=sc-budget`` (``sc-budget-step``), if
@@ -150,19 +151,25 @@ def stage_env(run: Run) -> bool:
   return True
 
 
-def _bench_groups(tiny: bool) -> list[tuple[str, list[str]]]:
+def _bench_groups(tiny: bool) -> list[tuple[str, float, list[str]]]:
+  """(name, share of the benchmark's time, flags): one benchmark call each, the most
+  important first, so that a group that runs out of time costs only itself."""
   if tiny:
-    return [('tiny', ['--quick', '--torch', '--schedules=constant,one_cycle'])]
+    return [('tiny', 1.0, ['--quick', '--torch', '--schedules=constant,one_cycle'])]
   common = ['--precisions=bfloat16', '--warmup_steps=5', '--samples=5',
             '--steps_per_sample=10', '--eval_repeats=2']
   return [
-      ('resnet56', ['--models=resnet56', '--batch_sizes=512,1000', '--steps_per_dispatch=1,10',
-                    '--schedules=constant', '--torch', '--profile_dir=/tmp/gpu_run_profile',
-                    '--profile_steps=10', *common]),
-      ('schedules', ['--models=resnet56', '--batch_sizes=1000', '--steps_per_dispatch=10',
-                     '--schedules=constant,one_cycle,triangular', *common]),
-      ('wrn', ['--models=wrn-28-10', '--batch_sizes=128', '--steps_per_dispatch=10',
-               '--schedules=constant', *common]),
+      ('resnet56-b1000', 0.4, ['--models=resnet56', '--batch_sizes=1000',
+                               '--steps_per_dispatch=1,10', '--schedules=constant', '--torch',
+                               '--profile_dir=/tmp/gpu_run_profile', '--profile_steps=10',
+                               *common]),
+      ('schedules', 0.2, ['--models=resnet56', '--batch_sizes=1000', '--steps_per_dispatch=10',
+                          '--schedules=constant,one_cycle,triangular', *common]),
+      ('resnet56-b512', 0.2, ['--models=resnet56', '--batch_sizes=512',
+                              '--steps_per_dispatch=10', '--schedules=constant', '--torch',
+                              *common]),
+      ('wrn', 0.2, ['--models=wrn-28-10', '--batch_sizes=128', '--steps_per_dispatch=10',
+                    '--schedules=constant', *common]),
   ]
 
 
@@ -172,9 +179,10 @@ def stage_bench(run: Run) -> None:
     return
   results, environment = [], None
   groups = _bench_groups(run.args.tiny)
-  for i, (name, flags) in enumerate(groups):
-    # Leave the training stages at least --train_share of what is left.
-    limit = (run.left() * (1 - run.args.train_share)) / (len(groups) - i)
+  # The training stages keep --train_share of what is left; the groups share the rest.
+  budget = run.left() * (1 - run.args.train_share)
+  for name, share, flags in groups:
+    limit = budget * share
     part = os.path.join(run.args.workdir, f'bench-{name}.json')
     code = run.call([sys.executable, '-m', 'experiments.benchmark', *flags,
                      f'--json={part}'], limit=limit, stop_grace=10)
@@ -311,7 +319,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help='Where the runs keep their checkpoints (resumed by a rerun).')
   parser.add_argument('--budget_s', type=float, default=540.0,
                       help='Wall-clock budget of the whole command, seconds.')
-  parser.add_argument('--train_share', type=float, default=0.6,
+  parser.add_argument('--train_share', type=float, default=0.55,
                       help='The share of the time left after env kept for training.')
   parser.add_argument('--tiny', action='store_true',
                       help='Tiny shapes on CPU: the same stages in about a minute (tests).')
