@@ -60,6 +60,9 @@ _REFERENCE_DIR = flags.DEFINE_string(
 _REFERENCE = flags.DEFINE_list(
     'reference', None, 'The logs to overlay, e.g. clr3SS5kFig1a,lr35Fig1a; default: those of '
     "the arms' presets.")
+_REPORT_ONLY = flags.DEFINE_boolean(
+    'report_only', False, 'Train nothing: write the report of what the arms hold now (while '
+    'another process trains them, say).')
 _X_AXIS = flags.DEFINE_enum('x_axis', 'step', ['step', 'epoch'],
                             'The x axis of the figure: iterations or epochs.')
 
@@ -151,8 +154,11 @@ def data_label(config: Config, source: str | None = None) -> str:
 def compare(arms: Sequence[Arm], workdir: str, *, allow_differences: Iterable[str] = (),
             reference_dir: str | None = None, references: Sequence[str] | None = None,
             x_axis: str = 'step', devices: list[Any] | None = None,
-            command: str | None = None) -> list[dict[str, Any]]:
+            command: str | None = None, report_only: bool = False) -> list[dict[str, Any]]:
   """Runs the arms that have not run yet, one after the other, and writes the report.
+
+  ``report_only``: trains nothing; writes the report of what the arms' workdirs hold now
+  (an arm still training elsewhere shows its curve so far, as ``incomplete``).
 
   Returns one result dict per arm (as in ``comparison.json``). Raises ConfigError (before
   anything trains) for arms that disagree or a bad setting of any arm.
@@ -177,7 +183,7 @@ def compare(arms: Sequence[Arm], workdir: str, *, allow_differences: Iterable[st
 
   results = {arm.name: _result(arm, plans[arm.name]) for arm in arms}
   report = lambda: write_report(arms, results, plans, workdir, reference_paths, x_axis)
-  for arm in arms:
+  for arm in [] if report_only else arms:
     if results[arm.name]['status'] in ('finished', 'diverged'):
       log.info('arm %s: %s before, not run again', arm.name, results[arm.name]['status'])
       continue
@@ -445,7 +451,8 @@ def main(argv: list[str]) -> int:
     arms, allow, workdir = arms_from_flags()
     results = compare(arms, workdir, allow_differences=allow,
                       reference_dir=_REFERENCE_DIR.value, references=_REFERENCE.value,
-                      x_axis=_X_AXIS.value, command=' '.join(sys.argv))
+                      x_axis=_X_AXIS.value, command=' '.join(sys.argv),
+                      report_only=_REPORT_ONLY.value)
   except (ConfigError, data.DataError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -454,7 +461,8 @@ def main(argv: list[str]) -> int:
     print(markdown_table(results))
     print(f'wrote {workdir}/comparison.md, comparison.json and comparison.png')
   # 1: stopped (a signal) before every arm finished or diverged; run again to resume.
-  return 0 if all(r['status'] in ('finished', 'diverged') for r in results) else 1
+  done = _REPORT_ONLY.value or all(r['status'] in ('finished', 'diverged') for r in results)
+  return 0 if done else 1
 
 
 if __name__ == '__main__':

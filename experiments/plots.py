@@ -114,7 +114,8 @@ def plot_comparison(curves: Sequence[Curve], path: str | os.PathLike[str], *,
       bottom.plot([x], [lr], marker='x', markersize=10, color=color, linestyle='none')
   top.set_ylabel('test accuracy (%)')
   top.grid(alpha=0.3)
-  top.legend(fontsize=8, loc='lower right')
+  if top.get_legend_handles_labels()[0]:  # no curve yet (nothing has run): no legend
+    top.legend(fontsize=8, loc='lower right')
   if title:
     top.set_title(title)
   lrs = np.concatenate([np.asarray(c.lr, float) for c in curves if len(c.lr)] or [np.ones(1)])

@@ -86,6 +86,18 @@ def test_rerunning_trains_no_finished_or_diverged_arm(comparison, monkeypatch):
   assert [r['final_test_accuracy'] for r in again] == [r['final_test_accuracy'] for r in results]
 
 
+def test_report_only_trains_nothing_and_reports_what_is_there(comparison, tmp_path,
+                                                             monkeypatch):
+  workdir, arms, results = comparison
+  monkeypatch.setattr(train, 'train_and_evaluate',
+                      lambda *a, **k: pytest.fail('report_only trained an arm'))
+  fresh = compare.compare(arms, str(tmp_path / 'fresh'), report_only=True)
+  assert [r['status'] for r in fresh] == ['not run'] * len(arms)
+  assert (tmp_path / 'fresh' / 'comparison.png').exists()
+  again = compare.compare(arms, workdir, report_only=True)
+  assert [r['status'] for r in again] == [r['status'] for r in results]
+
+
 def test_arms_that_disagree_in_data_or_model_are_refused_before_anything_runs(tmp_path):
   workdir = tmp_path / 'refused'
   for changes, field in ((dict(synthetic_examples=128), 'synthetic_examples'),
