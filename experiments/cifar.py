@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import sys
 import typing
 from typing import Any
@@ -99,9 +100,23 @@ def early_exit(argv: list[str]) -> int | None:
   return None
 
 
+def stop_before_training(signum: int, frame: object) -> None:
+  """SIGTERM or Ctrl-C while nothing is trained yet (imports, data, compilation): one line,
+  and out. The training loop installs its own handler, which saves a checkpoint."""
+  print(f'\n{signal.Signals(signum).name}: stopped before training started; nothing to save',
+        file=sys.stderr, flush=True)
+  sys.exit(128 + signum)
+
+
+def install_stop_handlers() -> None:
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, stop_before_training)
+
+
 def main(argv: list[str]) -> int:
   if (code := early_exit(argv)) is not None:
     return code
+  install_stop_handlers()
   # Heavy imports after flag parsing, so that --help and flag errors are instant.
   import jax
 

@@ -444,6 +444,7 @@ def arms_from_flags() -> tuple[list[Arm], tuple[str, ...], str]:
 def main(argv: list[str]) -> int:
   if (code := cifar.early_exit(argv)) is not None:
     return code
+  cifar.install_stop_handlers()
   from experiments import data
 
   cifar.initialize()

@@ -325,6 +325,7 @@ def config_from_flags() -> Config:
 def main(argv: list[str]) -> int:
   if (code := cifar.early_exit(argv)) is not None:
     return code
+  cifar.install_stop_handlers()
   from experiments import data
 
   cifar.initialize()

@@ -534,3 +534,21 @@ def test_a_long_cpu_run_names_the_cpu_presets(tmp_path, monkeypatch, caplog):
   train.train_and_evaluate(tiny(tmp_path / 'run'))
   warnings = [r.getMessage() for r in caplog.records if 'more hours' in r.getMessage()]
   assert len(warnings) == 1 and '--preset=cpu-quickstart' in warnings[0]
+
+
+def test_a_sigterm_before_the_training_loop_is_one_line(tmp_path):
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'experiments.cifar', '--dataset=synthetic', '--model=resnet8',
+       '--steps=5', f'--workdir={tmp_path}'], cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  lines = []
+  for line in process.stderr:  # the data is loaded; compilation comes next
+    lines.append(line)
+    if 'test examples' in line:
+      break
+  process.send_signal(signal.SIGTERM)
+  _, err = process.communicate(timeout=120)
+  err = ''.join(lines) + err
+  assert 'compiled and ran the first dispatch' not in err  # it stopped before training
+  assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+  assert 'SIGTERM: stopped before training started' in err and 'Traceback' not in err
