@@ -333,7 +333,9 @@ _CPU_SOURCE = (f'{_SC_SOURCE}, Fig. 1a and Table 1 scaled to 2 CPU cores: ResNet
 _CPU_NOTES = ('every arm shares the model, batch, weight decay 5e-4, crops and flips, '
               'batch-norm running averages (fraction 0.9, debiased), seed and evaluation '
               'points (every 200 iterations); only the schedule differs. Measured on 2 cores '
-              '(AMD EPYC, jax 0.10.2): about 0.6 s an iteration, so {time} for this arm')
+              '(AMD EPYC, jax 0.10.2, 2026-12-02): 0.61 s an iteration on idle cores, so '
+              '{time} for this arm (the B arms took 22-31 minutes with other work beside '
+              'them)')
 
 
 def _cpu_milestones(steps: int) -> list[int]:
@@ -387,7 +389,8 @@ _PRESETS.append(Preset(
     'a quick start on CPU (not a paper row): the 1cycle recipe of Smith 2018 at a small scale',
     dict(_CPU, model='resnet8', steps=_steps(2, 128), eval_every=100, checkpoint_every=100,
          schedule='smith_one_cycle(base_lr=0.08, max_lr=0.8)', momentum='cyclical'),
-    notes='minutes on 2 CPU cores; the learning curve (test accuracy every 100 iterations) is '
+    notes='782 iterations of the smallest ResNet (not timed yet; ResNet-20 runs 0.61 s an '
+          'iteration on 2 cores); the learning curve (test accuracy every 100 iterations) is '
           'in metrics.jsonl and TensorBoard'))
 
 PRESETS: Mapping[str, Preset] = types.MappingProxyType({p.name: p for p in _PRESETS})
