@@ -83,6 +83,11 @@ CASES: list[tuple[str, str, Callable[[], optax.Schedule] | None]] = [
     (f'caffe_one_cycle(0.08, 0.8, {T})', 'learning_rate', None),
     (f'fastai_one_cycle(0.8, {T})', 'learning_rate', None),
     (f'fastai_one_cycle_momentum({T})', 'momentum', None),
+    (f'wsd(0.1, {T}, warmup_steps=500, decay_steps={T - 500}, decay="cosine")', 'learning_rate',
+     lambda: optax.warmup_cosine_decay_schedule(0.0, 0.1, 500, T)),
+    (f'wsd(0.1, {T}, warmup_steps=500)', 'learning_rate', None),
+    (f'rsqrt(0.1, warmup_steps=500, total_steps={T}, cooldown_steps=1000)', 'learning_rate',
+     None),
 ]
 
 
