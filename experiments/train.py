@@ -506,12 +506,14 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
                              'the parameters were NaN or inf after the update of',
                              last_checkpoint=saved_step)
     checkpointer.save(step, state, {'best_test_accuracy': best_accuracy,
-                                    'evaluations': len(writer.rows)})
+                                    'evaluations': len(writer.rows),
+                                    'elapsed_s': earlier_s + time.time() - start_time})
 
   progress = Progress(total_steps, enabled=is_primary)
   step = start_step
   best_accuracy = max(writer.best('test_accuracy'),
                       saved_record.get('best_test_accuracy', -1.0))
+  earlier_s = saved_record.get('elapsed_s', 0.0)  # the processes before this one
   last = {'time': time.time(), 'step': step}
   compile_s = None
   stopped_by = None
@@ -554,7 +556,8 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
           'examples': p.examples_at(step), 'train_loss': train_loss,
           'train_accuracy': float(metrics.correct / max(metrics.count, 1)),
           'test_loss': test_loss, 'test_accuracy': test_accuracy,
-          'images_per_sec': images_per_sec, 'elapsed_s': time.time() - start_time})
+          'images_per_sec': images_per_sec,
+          'elapsed_s': earlier_s + time.time() - start_time})
       progress.note(f'step {step}: test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}')
       state = state._replace(metrics=jax.device_put(parallel.Metrics.zeros(),
                                                     parallel.replicated(mesh)))
@@ -634,7 +637,10 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
       'final_test_accuracy': final.get('test_accuracy') if final else None,
       'best_test_accuracy': best_accuracy if best_accuracy >= 0 else None,
       'final_test_loss': final.get('test_loss') if final else None,
-      'wall_time_s': time.time() - start_time, 'compile_s': compile_s,
+      # The run's time to here over all its processes (up to the checkpoint each resumed
+      # from), and this process's alone.
+      'wall_time_s': earlier_s + time.time() - start_time,
+      'this_process_s': time.time() - start_time, 'compile_s': compile_s,
       'resumed_from_step': start_step or None,
       'device_kind': devices[0].device_kind, 'device_count': num_devices,
       'process_count': jax.process_count(), 'data': dataset.source,

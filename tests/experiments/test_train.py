@@ -120,6 +120,8 @@ def test_interrupted_and_resumed_run_ends_bit_identical(finished_run, tmp_path, 
   resumed = train.train_and_evaluate(tiny(workdir))
   assert resumed['resumed_from_step'] == 4 and resumed['status'] == 'finished'
   assert_trees_equal(final_params(workdir), final_params(reference))
+  # The wall time counts the first process too (up to its checkpoint), not only this one.
+  assert resumed['wall_time_s'] > resumed['this_process_s'] + 0.5 * summary['wall_time_s']
   rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
   assert [r['step'] for r in rows] == [3, 6]
 
