@@ -284,6 +284,8 @@ def _result(arm: Arm, plan, summary: dict[str, Any] | None = None,
                   best_test_accuracy=summary['best_test_accuracy'],
                   wall_time_s=summary['wall_time_s'],
                   resumed_from_step=summary.get('resumed_from_step'),
+                  **({'this_process_s': summary['this_process_s']}
+                     if 'this_process_s' in summary else {}),
                   data=data_label(arm.config, summary.get('data')),
                   device=f"{summary['device_count']} x {summary['device_kind']}")
   else:
@@ -315,7 +317,10 @@ def _status(r: dict[str, Any]) -> str:
   if r['status'] == 'diverged':
     return f"diverged at step {r['diverged_step']} (lr={r['diverged_lr']:.4g})"
   if r['status'] == 'finished' and r.get('resumed_from_step'):
-    return f"finished (resumed at step {r['resumed_from_step']}; wall time of the last part)"
+    # Since the checkpoints keep the time spent, wall_time_s counts every part of the run;
+    # a summary without this_process_s was written before that, by the last part alone.
+    part = '' if 'this_process_s' in r else '; wall time of the last part'
+    return f"finished (resumed at step {r['resumed_from_step']}{part})"
   return r['status']
 
 
