@@ -189,11 +189,9 @@ def run(config: Config, sweep: Sweep, *, workdir: str | None = None,
   std = put(np.asarray(dataset.std, np.float32))
   # A fixed random test subset (the test set is sorted by class).
   subset = np.random.default_rng(config.seed).permutation(len(dataset.test_labels))[:test_size]
-  chunk = train.eval_chunk(test_size, len(devices))
-  test = parallel.pad_for_eval(dataset.test_images[subset],
-                               dataset.test_labels[subset].astype(np.int32), len(devices), chunk)
-  test_images, test_labels, test_mask = (parallel.put_sharded(mesh, a) for a in test)
-  evaluate = parallel.make_eval_step(model, mesh, train.compute_dtype(config), chunk)
+  evaluate = train.make_test_evaluation(model, mesh, train.compute_dtype(config),
+                                        dataset.test_images[subset],
+                                        dataset.test_labels[subset], mean, std)
 
   lrs = np.asarray(lr(np.arange(sweep.num_steps)), np.float64)
   losses: list[float] = []
@@ -213,8 +211,7 @@ def run(config: Config, sweep: Sweep, *, workdir: str | None = None,
     return dataclasses.replace(r, steps_run=n, num_steps=sweep.num_steps,
                                stopped_early=r.diverged_at is not None and n < sweep.num_steps)
 
-  def write(status: str) -> dict[str, Any]:
-    r = result()
+  def write(status: str, r: lrsched.RangeTestResult) -> dict[str, Any]:
     report = {**base, 'status': status, 'wall_time_s': time.time() - start,
               'suggestions': suggestions(r), 'result': json.loads(r.to_json())}
     if primary:
@@ -240,25 +237,25 @@ def run(config: Config, sweep: Sweep, *, workdir: str | None = None,
         continue
       losses.extend(float(v) for v in jax.device_get(pending))
       pending.clear()
-      if result().diverged_at is not None:
+      curve = result()  # smoothed and cut once per read
+      if curve.diverged_at is not None:
         break
       if test_point:
-        accuracy = float(evaluate(state.params, state.batch_stats, test_images, test_labels,
-                                  test_mask, mean, std)[1])
+        accuracy = float(evaluate(state.params, state.batch_stats)[1])
         metrics.append(accuracy)
         metric_steps.append(t)
         progress.note(f'step {t + 1}: lr {lrs[t]:.4g}, test accuracy {accuracy:.4f}')
       now = time.time()
-      progress.update(t + 1, lr=float(lrs[t]), loss=float(result().smoothed_losses[-1]),
+      progress.update(t + 1, lr=float(lrs[t]), loss=float(curve.smoothed_losses[-1]),
                       images_per_sec=(t + 1 - last['step']) * batch / max(now - last['time'],
                                                                           1e-9))
       last.update(time=time.time(), step=t + 1)
       if stop.signal is not None:
         status = 'interrupted'
         break
-      write('running')
+      write('running', result())  # with this point's accuracy
   progress.close()
-  report = write(status)
+  report = write(status, result())
   if primary:
     plots.plot_range_test(report, os.path.join(workdir, 'range_test.png'))
   return report

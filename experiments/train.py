@@ -482,11 +482,8 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   train_labels = parallel.put_replicated(mesh, dataset.train_labels.astype(np.int32))
   mean = parallel.put_replicated(mesh, np.asarray(dataset.mean, np.float32))
   std = parallel.put_replicated(mesh, np.asarray(dataset.std, np.float32))
-  chunk = eval_chunk(len(dataset.test_labels), num_devices)
-  test = parallel.pad_for_eval(dataset.test_images, dataset.test_labels.astype(np.int32),
-                               num_devices, chunk)
-  test_images, test_labels, test_mask = (parallel.put_sharded(mesh, a) for a in test)
-  evaluate = parallel.make_eval_step(model, mesh, dtype, chunk)
+  evaluate = make_test_evaluation(model, mesh, dtype, dataset.test_images,
+                                  dataset.test_labels, mean, std)
   train_steps: dict[int, Any] = {}  # one compiled step per batch phase, made when first used
 
   def train_fn(phase: int):
@@ -540,8 +537,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
     writer.scalars(step, {'train/loss': train_loss, 'lr': lr_now,
                           **({'momentum': mom_now} if mom_now is not None else {})})
     if eval_due(step) or step == total_steps:
-      test_loss, test_accuracy = (float(v) for v in evaluate(
-          state.params, state.batch_stats, test_images, test_labels, test_mask, mean, std))
+      test_loss, test_accuracy = (float(v) for v in evaluate(state.params, state.batch_stats))
       if not math.isfinite(test_loss):
         checkpointer.close()
         writer.close()
@@ -655,6 +651,17 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
     writer.summary(summary)
   writer.close()
   return summary
+
+
+def make_test_evaluation(model, mesh, dtype: Any, images: np.ndarray, labels: np.ndarray,
+                         mean: jax.Array, std: jax.Array):
+  """``evaluate(params, batch_stats) -> (loss, accuracy)`` on these test examples, sharded
+  over the mesh (padded and masked; `parallel.make_eval_step`)."""
+  chunk = eval_chunk(len(labels), mesh.size)
+  test = parallel.pad_for_eval(images, labels.astype(np.int32), mesh.size, chunk)
+  arrays = [parallel.put_sharded(mesh, a) for a in test]
+  step = parallel.make_eval_step(model, mesh, dtype, chunk)
+  return lambda params, batch_stats: step(params, batch_stats, *arrays, mean, std)
 
 
 def eval_chunk(test_size: int, num_devices: int, target: int = 500) -> int:
