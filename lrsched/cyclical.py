@@ -49,7 +49,7 @@ def window_height(frac: jax.Array, window: str) -> jax.Array:
   if window == 'triangular':
     return frac
   if window == 'welch':
-    return 1.0 - jnp.square(1.0 - frac)
+    return frac * (2.0 - frac)  # = 1 - (1 - f)^2, without its cancellation near f = 0
   # sin^2 rather than (1 - cos)/2: no cancellation near the cycle's start.
   return jnp.square(jnp.sin(0.5 * jnp.pi * frac))
 
