@@ -118,7 +118,8 @@ class Config:
       'Default: once per epoch.')
   checkpoint_every: int = _field(1000, 'Save a checkpoint every this many steps (and at the end).')
   keep_checkpoints: int = _field(3, 'How many recent checkpoints to keep.')
-  log_every: int = _field(50, 'Refresh the progress line every this many steps.')
+  log_every: int = _field(50, 'Log the training loss (a metrics.jsonl row and TensorBoard) and '
+                          'refresh the progress line every this many steps.')
   workdir: str | None = _field(
       None, 'Output folder (metrics.jsonl, TensorBoard events, checkpoints, summary.json). '
       'Re-running with the same workdir resumes. Default: runs/<model>-<dataset>-seed<seed>.')

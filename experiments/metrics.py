@@ -16,7 +16,10 @@ log = logging.getLogger(__name__)
 
 
 class MetricWriter:
-  """Appends one JSON object per evaluation to ``metrics.jsonl`` and mirrors it to TensorBoard.
+  """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors it to TensorBoard.
+
+  Every row has ``step``, ``lr`` and ``train_loss``; an evaluation's row adds ``test_loss`` and
+  ``test_accuracy`` (and is the only row of its step). ``evaluations`` holds those rows.
 
   On resumption from step ``resume_step``, lines of steps after it (written after the
   checkpoint the run resumes from, and about to be recomputed identically) are moved to
@@ -26,7 +29,7 @@ class MetricWriter:
   def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self.rows: list[dict[str, Any]] = []
+    self.evaluations: list[dict[str, Any]] = []
     self._tb = None
     if not enabled:
       return
@@ -57,34 +60,40 @@ class MetricWriter:
         f.writelines(line if line.endswith('\n') else line + '\n' for line in later)
     with open(self.path, 'w') as f:
       f.writelines(keep)
-    self.rows = [json.loads(line) for line in keep]
+    self.evaluations = [row for row in map(json.loads, keep) if 'test_accuracy' in row]
 
-  def scalars(self, step: int, values: dict[str, float], *, flush: bool = True) -> None:
-    """Training scalars, on disk at once (an interrupted run keeps its curve)."""
+  def train(self, row: dict[str, Any]) -> None:
+    """A training row (``step``, ``lr``, ``train_loss``, ...), on disk at once: an
+    interrupted run keeps its curve."""
+    self._append(row)
+    self._scalars(row['step'], {'train/loss': row['train_loss'], 'lr': row['lr'],
+                                **({'momentum': row['momentum']}
+                                   if row.get('momentum') is not None else {})})
+
+  def evaluation(self, row: dict[str, Any]) -> None:
+    """An evaluation's row: a training row plus ``test_loss`` and ``test_accuracy``."""
+    self.evaluations.append(row)
+    self.train(row)
+    self._scalars(row['step'], {f'eval/{k}': v for k, v in row.items()
+                                if k not in ('step', 'epoch') and isinstance(v, (int, float))})
+
+  def _append(self, row: dict[str, Any]) -> None:
+    if self.enabled:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps(row) + '\n')
+
+  def _scalars(self, step: int, values: dict[str, float]) -> None:
     if self._tb is not None:
       for name, value in values.items():
         self._tb.add_scalar(name, value, step)
-      if flush:
-        self._tb.flush()
-
-  def evaluation(self, row: dict[str, Any]) -> None:
-    self.rows.append(row)
-    if not self.enabled:
-      return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
-    self.scalars(row['step'], {f'eval/{k}': v for k, v in row.items()
-                               if k not in ('step', 'epoch') and isinstance(v, (int, float))},
-                 flush=False)
-    if self._tb is not None:
       self._tb.flush()
 
   def best(self, key: str) -> float:
-    values = [row[key] for row in self.rows if row.get(key) is not None]
+    values = [row[key] for row in self.evaluations if row.get(key) is not None]
     return max(values) if values else -1.0
 
   def last_evaluation(self) -> dict[str, Any] | None:
-    return self.rows[-1] if self.rows else None
+    return self.evaluations[-1] if self.evaluations else None
 
   def summary(self, summary: dict[str, Any]) -> None:
     if self.enabled:

@@ -467,10 +467,10 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
                 checkpointer.directory, ', '.join(checkpointer.set_aside))
   writer = MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
   saved_record = checkpointer.record(start_step) if restored is not None else {}
-  if len(writer.rows) < saved_record.get('evaluations', 0):
+  if len(writer.evaluations) < saved_record.get('evaluations', 0):
     log.warning('%s holds %d evaluations up to step %d, the checkpoint counted %d: rows were '
                 'lost; best_test_accuracy still counts them (from the checkpoint)',
-                writer.path, len(writer.rows), start_step, saved_record['evaluations'])
+                writer.path, len(writer.evaluations), start_step, saved_record['evaluations'])
   if is_primary:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -503,7 +503,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
                              'the parameters were NaN or inf after the update of',
                              last_checkpoint=saved_step)
     checkpointer.save(step, state, {'best_test_accuracy': best_accuracy,
-                                    'evaluations': len(writer.rows),
+                                    'evaluations': len(writer.evaluations),
                                     'elapsed_s': earlier_s + time.time() - start_time})
 
   progress = Progress(total_steps, enabled=is_primary)
@@ -534,9 +534,14 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
     mom_now = float(hp['momentum']) if 'momentum' in hp else None
     train_loss = float(metrics.loss_sum / max(metrics.count, 1))
     progress.update(step, lr=lr_now, loss=train_loss, images_per_sec=images_per_sec)
-    writer.scalars(step, {'train/loss': train_loss, 'lr': lr_now,
-                          **({'momentum': mom_now} if mom_now is not None else {})})
-    if eval_due(step) or step == total_steps:
+    row = {'step': step, 'epoch': p.epoch_at(step), 'lr': lr_now, 'momentum': mom_now,
+           'batch_size': p.phases[p.phase_at(step - 1)].batch_size,
+           'examples': p.examples_at(step), 'train_loss': train_loss,
+           'train_accuracy': float(metrics.correct / max(metrics.count, 1)),
+           'images_per_sec': images_per_sec}
+    if not (eval_due(step) or step == total_steps):
+      writer.train({**row, 'elapsed_s': earlier_s + time.time() - start_time})
+    else:
       test_loss, test_accuracy = (float(v) for v in evaluate(state.params, state.batch_stats))
       if not math.isfinite(test_loss):
         checkpointer.close()
@@ -546,14 +551,8 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
         raise TrainingDiverged(step, float(lr_schedule(step - 1)),
                                'the test loss was NaN or inf at', last_checkpoint=saved_step)
       best_accuracy = max(best_accuracy, test_accuracy)
-      writer.evaluation({
-          'step': step, 'epoch': p.epoch_at(step), 'lr': lr_now, 'momentum': mom_now,
-          'batch_size': p.phases[p.phase_at(step - 1)].batch_size,
-          'examples': p.examples_at(step), 'train_loss': train_loss,
-          'train_accuracy': float(metrics.correct / max(metrics.count, 1)),
-          'test_loss': test_loss, 'test_accuracy': test_accuracy,
-          'images_per_sec': images_per_sec,
-          'elapsed_s': earlier_s + time.time() - start_time})
+      writer.evaluation({**row, 'test_loss': test_loss, 'test_accuracy': test_accuracy,
+                         'elapsed_s': earlier_s + time.time() - start_time})
       progress.note(f'step {step}: test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}')
       state = state._replace(metrics=jax.device_put(parallel.Metrics.zeros(),
                                                     parallel.replicated(mesh)))

@@ -43,6 +43,12 @@ def read_checkpoint(workdir, step: int | None = None) -> dict:
   return checkpointer.restore(path, restore_args=as_numpy)
 
 
+def evaluations(workdir) -> list[dict]:
+  """The evaluation rows of ``metrics.jsonl`` (the others are training rows)."""
+  rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  return [r for r in rows if 'test_accuracy' in r]
+
+
 def final_params(workdir) -> dict:
   return read_checkpoint(workdir)['params']
 
@@ -68,7 +74,7 @@ def finished_run(tmp_path_factory):
 def test_run_writes_every_output(finished_run):
   workdir, summary = finished_run
   assert summary['status'] == 'finished' and summary['steps'] == 6
-  rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  rows = evaluations(workdir)
   assert [r['step'] for r in rows] == [3, 6]
   for row in rows:
     for key in ('step', 'epoch', 'lr', 'momentum', 'train_loss', 'train_accuracy', 'test_loss',
@@ -100,7 +106,7 @@ def test_rerunning_a_finished_run_resumes_without_training(finished_run):
   again = train.train_and_evaluate(tiny(workdir))
   assert again['resumed_from_step'] == 6 and again['steps'] == 6
   assert again['final_test_accuracy'] == first['final_test_accuracy']
-  assert len(open(workdir / 'metrics.jsonl').readlines()) == 2
+  assert len(open(workdir / 'metrics.jsonl').readlines()) == 6  # a row per step (log_every 1)
 
 
 def test_interrupted_and_resumed_run_ends_bit_identical(finished_run, tmp_path, monkeypatch):
@@ -122,8 +128,33 @@ def test_interrupted_and_resumed_run_ends_bit_identical(finished_run, tmp_path, 
   assert_trees_equal(final_params(workdir), final_params(reference))
   # The wall time counts the first process too (up to its checkpoint), not only this one.
   assert resumed['wall_time_s'] > resumed['this_process_s'] + 0.5 * summary['wall_time_s']
+  assert [r['step'] for r in evaluations(workdir)] == [3, 6]
+
+
+def test_training_rows_reach_metrics_jsonl_as_they_are_logged(finished_run, tmp_path,
+                                                             monkeypatch):
+  # Stopped at step 2, before the first evaluation: the run already has a curve on disk.
+  reference, _ = finished_run
+  workdir = tmp_path / 'early'
+  original_update = Progress.update
+
+  def preempt_once(self, step, **kwargs):
+    original_update(self, step, **kwargs)
+    if step == 2:
+      signal.raise_signal(signal.SIGTERM)
+
+  monkeypatch.setattr(Progress, 'update', preempt_once)
+  assert train.train_and_evaluate(tiny(workdir))['steps'] == 2
   rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
-  assert [r['step'] for r in rows] == [3, 6]
+  assert [r['step'] for r in rows] == [1, 2] and not evaluations(workdir)
+  assert all(np.isfinite(r['train_loss']) and r['lr'] > 0 for r in rows)
+  monkeypatch.setattr(Progress, 'update', original_update)
+  train.train_and_evaluate(tiny(workdir))
+  # Resumed: one row per step, each as the uninterrupted run logged it.
+  timing = ('images_per_sec', 'elapsed_s')
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]
+  read = lambda w: [json.loads(line) for line in open(w / 'metrics.jsonl')]
+  assert strip(read(workdir)) == strip(read(reference))
 
 
 @pytest.mark.parametrize('signalled_during_step', [2, 3, 6])
@@ -156,8 +187,7 @@ def test_a_stop_never_skips_a_due_evaluation(finished_run, tmp_path, monkeypatch
   assert resumed['status'] == 'finished'
   assert resumed['final_test_accuracy'] == reference_summary['final_test_accuracy']
   assert_trees_equal(final_params(workdir), final_params(reference))
-  rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
-  assert [r['step'] for r in rows] == [3, 6]
+  assert [r['step'] for r in evaluations(workdir)] == [3, 6]
 
 
 def test_one_and_four_devices_give_the_same_result(tmp_path):
@@ -186,7 +216,7 @@ def test_with_k_steps_per_dispatch_epoch_evaluations_come_at_the_next_multiple_o
   summary = train.train_and_evaluate(tiny(tmp_path / 'k3', steps=12, eval_every=None,
                                           steps_per_dispatch=3, log_every=3))
   assert summary['steps'] == 12
-  rows = [json.loads(line) for line in open(tmp_path / 'k3' / 'metrics.jsonl')]
+  rows = evaluations(tmp_path / 'k3')
   assert [(r['step'], r['epoch']) for r in rows] == [(9, 1.125), (12, 1.5)]
   assert set(dispatched) == {3}  # one compiled program
 
