@@ -2,8 +2,8 @@
 
 For each family in `lrsched._base.REGISTRY` a strategy draws valid arguments; for each draw
 the schedule, eager and jitted, is finite, never negative, within the range its arguments
-span, equal under jit and eagerly within a few ulps, and (for finite schedules) holds its
-final value from ``total_steps`` on. A jitted ``linear`` once ended at -3.7e-9 instead of 0:
+span, equal under jit and eagerly within a few ulps of its scale, and (for finite
+schedules) holds its final value from ``total_steps`` on. A jitted ``linear`` once ended at -3.7e-9 instead of 0:
 this test would have caught it, for every family.
 """
 
@@ -189,9 +189,9 @@ FAMILIES = {
 
 # Jit against eager, in ulps of the schedule's scale. XLA fuses the jitted arithmetic (a
 # contracted multiply-add, 1/x folded into a multiply) where eager code runs op by op:
-# an ulp or two; exp and log, vectorised in the fused loop, add a few.
-ULPS = {'polynomial': 4, 'log_linear': 8, 'exponential': 8, 'exp_range': 8, 'cyclic': 8,
-        'cyclic_momentum': 8}
+# an ulp or two; sin, cos, pow (up to 4 in all) and exp and log (up to 8), vectorised in the
+# fused loop, add a few.
+ULPS = {'log_linear': 8, 'exponential': 8, 'exp_range': 8, 'cyclic': 8, 'cyclic_momentum': 8}
 
 
 def test_every_registered_family_has_a_strategy():
@@ -226,9 +226,9 @@ def test_bounds_end_and_jit(name, data):
   for values in (eager, compiled):
     assert np.all(values >= low - slack) and np.all(values <= high + slack), (steps, values)
   ulps = _ulps(eager, compiled, high)
-  assert np.all(ulps <= ULPS.get(name, 2)), (steps, eager, compiled, ulps)
+  assert np.all(ulps <= ULPS.get(name, 4)), (steps, eager, compiled, ulps)
   if total is not None:  # the final value is held, exactly, from the end on
     end = [s for s in steps if s >= total]
     held = np.asarray(jax.jit(schedule)(jnp.asarray(end)), np.float32)
     assert np.all(held == held[0]), (end, held)
-    assert _ulps(held[0], np.float32(schedule(total)), high) <= ULPS.get(name, 2)
+    assert _ulps(held[0], np.float32(schedule(total)), high) <= ULPS.get(name, 4)
