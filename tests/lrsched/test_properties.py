@@ -3,8 +3,8 @@
 For each family in `lrsched._base.REGISTRY` a strategy draws valid arguments; for each draw
 the schedule, eager and jitted, is finite, never negative, within the range its arguments
 span, equal under jit and eagerly within a few ulps of its scale, and (for finite
-schedules) holds its final value from ``total_steps`` on. A jitted ``linear`` once ended at -3.7e-9 instead of 0:
-this test would have caught it, for every family.
+schedules) holds its final value from ``total_steps`` on. A jitted ``linear`` once ended at
+-3.7e-9 instead of 0: this test would have caught it, for every family.
 """
 
 from __future__ import annotations
