@@ -65,27 +65,25 @@ class MetricWriter:
   def train(self, row: dict[str, Any]) -> None:
     """A training row (``step``, ``lr``, ``train_loss``, ...), on disk at once: an
     interrupted run keeps its curve."""
-    self._append(row)
-    self._scalars(row['step'], {'train/loss': row['train_loss'], 'lr': row['lr'],
-                                **({'momentum': row['momentum']}
-                                   if row.get('momentum') is not None else {})})
+    self._write(row, {})
 
   def evaluation(self, row: dict[str, Any]) -> None:
     """An evaluation's row: a training row plus ``test_loss`` and ``test_accuracy``."""
     self.evaluations.append(row)
-    self.train(row)
-    self._scalars(row['step'], {f'eval/{k}': v for k, v in row.items()
-                                if k not in ('step', 'epoch') and isinstance(v, (int, float))})
+    self._write(row, {f'eval/{k}': v for k, v in row.items()
+                      if k not in ('step', 'epoch') and isinstance(v, (int, float))})
 
-  def _append(self, row: dict[str, Any]) -> None:
-    if self.enabled:
-      with open(self.path, 'a') as f:
-        f.write(json.dumps(row) + '\n')
-
-  def _scalars(self, step: int, values: dict[str, float]) -> None:
+  def _write(self, row: dict[str, Any], more_scalars: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
     if self._tb is not None:
-      for name, value in values.items():
-        self._tb.add_scalar(name, value, step)
+      scalars = {'train/loss': row['train_loss'], 'lr': row['lr'], **more_scalars}
+      if row.get('momentum') is not None:
+        scalars['momentum'] = row['momentum']
+      for name, value in scalars.items():
+        self._tb.add_scalar(name, value, row['step'])
       self._tb.flush()
 
   def best(self, key: str) -> float:

@@ -504,13 +504,14 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
                              last_checkpoint=saved_step)
     checkpointer.save(step, state, {'best_test_accuracy': best_accuracy,
                                     'evaluations': len(writer.evaluations),
-                                    'elapsed_s': earlier_s + time.time() - start_time})
+                                    'elapsed_s': elapsed()})
 
   progress = Progress(total_steps, enabled=is_primary)
   step = start_step
   best_accuracy = max(writer.best('test_accuracy'),
                       saved_record.get('best_test_accuracy', -1.0))
   earlier_s = saved_record.get('elapsed_s', 0.0)  # the processes before this one
+  elapsed = lambda: earlier_s + time.time() - start_time  # the run's time over its processes
   last = {'time': time.time(), 'step': step}
   compile_s = None
   stopped_by = None
@@ -540,7 +541,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
            'train_accuracy': float(metrics.correct / max(metrics.count, 1)),
            'images_per_sec': images_per_sec}
     if not (eval_due(step) or step == total_steps):
-      writer.train({**row, 'elapsed_s': earlier_s + time.time() - start_time})
+      writer.train({**row, 'elapsed_s': elapsed()})
     else:
       test_loss, test_accuracy = (float(v) for v in evaluate(state.params, state.batch_stats))
       if not math.isfinite(test_loss):
@@ -552,7 +553,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
                                'the test loss was NaN or inf at', last_checkpoint=saved_step)
       best_accuracy = max(best_accuracy, test_accuracy)
       writer.evaluation({**row, 'test_loss': test_loss, 'test_accuracy': test_accuracy,
-                         'elapsed_s': earlier_s + time.time() - start_time})
+                         'elapsed_s': elapsed()})
       progress.note(f'step {step}: test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}')
       state = state._replace(metrics=jax.device_put(parallel.Metrics.zeros(),
                                                     parallel.replicated(mesh)))
@@ -634,7 +635,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
       'final_test_loss': final.get('test_loss') if final else None,
       # The run's time to here over all its processes (up to the checkpoint each resumed
       # from), and this process's alone.
-      'wall_time_s': earlier_s + time.time() - start_time,
+      'wall_time_s': elapsed(),
       'this_process_s': time.time() - start_time, 'compile_s': compile_s,
       'resumed_from_step': start_step or None,
       'device_kind': devices[0].device_kind, 'device_count': num_devices,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +18,7 @@ from experiments.config import (
     parse_batch_schedule,
     resolve_phases,
 )
-from experiments.metrics import Progress
-from tests.experiments.test_train import assert_trees_equal, final_params
+from tests.experiments.test_train import assert_trees_equal, final_params, preempt_at
 
 
 def phased(workdir=None, **changes) -> Config:
@@ -157,17 +155,10 @@ def test_interrupted_in_the_second_phase_and_resumed_is_bit_identical(uninterrup
                                                                       monkeypatch):
   reference, _ = uninterrupted
   workdir = tmp_path / 'interrupted'
-  original_update = Progress.update
-
-  def preempt_once(self, step, **kwargs):
-    original_update(self, step, **kwargs)
-    if step == 3:  # inside the second phase (steps 2..4)
-      signal.raise_signal(signal.SIGTERM)
-
-  monkeypatch.setattr(Progress, 'update', preempt_once)
+  preempt_at(monkeypatch, 3)  # inside the second phase (steps 2..4)
   summary = train.train_and_evaluate(phased(workdir))
   assert summary['status'] == 'interrupted' and summary['steps'] == 3
-  monkeypatch.setattr(Progress, 'update', original_update)
+  monkeypatch.undo()
   resumed = train.train_and_evaluate(phased(workdir))
   assert resumed['resumed_from_step'] == 3 and resumed['status'] == 'finished'
   assert_trees_equal(final_params(workdir), final_params(reference))

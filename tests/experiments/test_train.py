@@ -49,6 +49,19 @@ def evaluations(workdir) -> list[dict]:
   return [r for r in rows if 'test_accuracy' in r]
 
 
+def preempt_at(monkeypatch, at_step: int) -> None:
+  """A real SIGTERM, delivered once the progress line reaches ``at_step`` (undo with
+  ``monkeypatch.undo()``)."""
+  original_update = Progress.update
+
+  def preempt_once(self, step, **kwargs):
+    original_update(self, step, **kwargs)
+    if step == at_step:
+      signal.raise_signal(signal.SIGTERM)
+
+  monkeypatch.setattr(Progress, 'update', preempt_once)
+
+
 def final_params(workdir) -> dict:
   return read_checkpoint(workdir)['params']
 
@@ -112,17 +125,10 @@ def test_rerunning_a_finished_run_resumes_without_training(finished_run):
 def test_interrupted_and_resumed_run_ends_bit_identical(finished_run, tmp_path, monkeypatch):
   reference, _ = finished_run
   workdir = tmp_path / 'interrupted'
-  original_update = Progress.update
-
-  def preempt_once(self, step, **kwargs):  # a real SIGTERM, delivered mid-run
-    original_update(self, step, **kwargs)
-    if step == 4:
-      signal.raise_signal(signal.SIGTERM)
-
-  monkeypatch.setattr(Progress, 'update', preempt_once)
+  preempt_at(monkeypatch, 4)
   summary = train.train_and_evaluate(tiny(workdir))
   assert summary['status'] == 'interrupted' and summary['steps'] == 4
-  monkeypatch.setattr(Progress, 'update', original_update)
+  monkeypatch.undo()
   resumed = train.train_and_evaluate(tiny(workdir))
   assert resumed['resumed_from_step'] == 4 and resumed['status'] == 'finished'
   assert_trees_equal(final_params(workdir), final_params(reference))
@@ -136,19 +142,12 @@ def test_training_rows_reach_metrics_jsonl_as_they_are_logged(finished_run, tmp_
   # Stopped at step 2, before the first evaluation: the run already has a curve on disk.
   reference, _ = finished_run
   workdir = tmp_path / 'early'
-  original_update = Progress.update
-
-  def preempt_once(self, step, **kwargs):
-    original_update(self, step, **kwargs)
-    if step == 2:
-      signal.raise_signal(signal.SIGTERM)
-
-  monkeypatch.setattr(Progress, 'update', preempt_once)
+  preempt_at(monkeypatch, 2)
   assert train.train_and_evaluate(tiny(workdir))['steps'] == 2
   rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
   assert [r['step'] for r in rows] == [1, 2] and not evaluations(workdir)
   assert all(np.isfinite(r['train_loss']) and r['lr'] > 0 for r in rows)
-  monkeypatch.setattr(Progress, 'update', original_update)
+  monkeypatch.undo()
   train.train_and_evaluate(tiny(workdir))
   # Resumed: one row per step, each as the uninterrupted run logged it.
   timing = ('images_per_sec', 'elapsed_s')
