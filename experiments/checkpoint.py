@@ -113,21 +113,14 @@ class Checkpointer:
 
     Returns (state, step), or None when there is no readable checkpoint.
     """
-    wanted = _arrays(abstract_state)
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         saved = _arrays(self.manager.item_metadata(step).tree)
       except Exception as e:  # no readable metadata: a damaged checkpoint
         self._unreadable(step, e)
         continue
-      if saved != wanted:
-        only_saved = sorted((saved - wanted).elements())[:3]
-        only_wanted = sorted((wanted - saved).elements())[:3]
-        raise CheckpointMismatch(
-            f'the checkpoint at step {step} in {self.directory} holds other arrays than this '
-            f'run trains ({sum(saved.values())} against {sum(wanted.values())}; only in the '
-            f'checkpoint: {only_saved}; only in this run: {only_wanted}): it was written by '
-            'other code or another model. Use another --workdir, or the code that wrote it')
+      self._check_arrays(step, saved, abstract_state, 'Use another --workdir, or the code '
+                         'that wrote it')
       try:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
         self._verify(step, state)
@@ -136,6 +129,39 @@ class Checkpointer:
         continue
       return state, step
     return None
+
+  def restore(self, step: int, abstract_state: Any, fix: str) -> Any:
+    """The checkpoint of ``step``, verified; it is never set aside (it may be another
+    run's). ConfigError, ending with ``fix``, if it is missing, holds other arrays than
+    ``abstract_state`` or is unreadable."""
+    steps = sorted(self.manager.all_steps())
+    if step not in steps:
+      raise ConfigError(f'{self.directory} has no checkpoint at step {step} (it has '
+                        f'{", ".join(map(str, steps)) or "none"}). {fix}')
+    try:
+      saved = _arrays(self.manager.item_metadata(step).tree)
+      self._check_arrays(step, saved, abstract_state, fix)
+      state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      self._verify(step, state)
+    except CheckpointMismatch:
+      raise
+    except Exception as e:
+      raise ConfigError(f'the checkpoint at step {step} in {self.directory} is unreadable '
+                        f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). '
+                        f'{fix}') from None
+    return state
+
+  def _check_arrays(self, step: int, saved: collections.Counter, abstract_state: Any,
+                    fix: str) -> None:
+    wanted = _arrays(abstract_state)
+    if saved != wanted:
+      only_saved = sorted((saved - wanted).elements())[:3]
+      only_wanted = sorted((wanted - saved).elements())[:3]
+      raise CheckpointMismatch(
+          f'the checkpoint at step {step} in {self.directory} holds other arrays than this '
+          f'run trains ({sum(saved.values())} against {sum(wanted.values())}; only in the '
+          f'checkpoint: {only_saved}; only in this run: {only_wanted}): it was written by '
+          f'other code, another model or another optimizer. {fix}')
 
   def _verify(self, step: int, state: Any) -> None:
     expected = self.record(step).get('checksums')

@@ -135,6 +135,26 @@ def check_arms(arms: Sequence[Arm], allow_differences: Iterable[str] = ()) -> No
           f'--allow_differences={field} if the difference is intended')
 
 
+def resolve_branches(arms: Sequence[Arm], workdir: str) -> list[Arm]:
+  """An arm whose ``init_from`` names another arm (``ARM@STEP``, as the presets of a
+  suite do) branches off that arm's folder in ``workdir``; the parent must come first."""
+  order = {a.name: i for i, a in enumerate(arms)}
+  out = []
+  for i, arm in enumerate(arms):
+    try:
+      parent = arm.config.parent()
+    except ConfigError as e:
+      raise ConfigError(f'arm {arm.name}: {e}') from None
+    if parent is not None and parent[0] in order:
+      if order[parent[0]] >= i:
+        raise ConfigError(f'arm {arm.name} branches off arm {parent[0]}, which must come '
+                          'before it in the arms')
+      init_from = f'{os.path.join(workdir, parent[0])}@{parent[1]}'
+      arm = dataclasses.replace(arm, config=arm.config.replace(init_from=init_from))
+    out.append(arm)
+  return out
+
+
 def data_label(config: Config, source: str | None = None) -> str:
   """The data in words for the table: 'CIFAR-10 (JPEG copy)' for the packed JPEG copy."""
   label = DATASET_NAMES.get(config.dataset, config.dataset)
@@ -169,6 +189,7 @@ def compare(arms: Sequence[Arm], workdir: str, *, allow_differences: Iterable[st
 
   arms = [dataclasses.replace(a, config=a.config.replace(workdir=os.path.join(workdir, a.name)))
           for a in arms]
+  arms = resolve_branches(arms, workdir)
   check_arms(arms, allow_differences)
   num_devices = len(jax.devices() if devices is None else devices)
   plans = {}

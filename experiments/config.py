@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any, NamedTuple
 
-OPTIMIZERS = ('sgd', 'nesterov', 'adamw', 'lars')
+OPTIMIZERS = ('sgd', 'nesterov', 'adamw', 'lars', 'schedule_free_sgd', 'schedule_free_adamw')
 PRECISIONS = ('float32', 'bfloat16')
 WEIGHT_DECAY_MODES = ('coupled', 'decoupled')
 SHORTCUTS = ('A', 'B', 'caffe')
@@ -79,7 +79,11 @@ class Config:
   momentum: str = _field(
       'cyclical', "Momentum: a number (0.9), an lrsched spec, 'cyclical' (the partner of the "
       "LR schedule, moving opposite to it) or 'none'.")
-  optimizer: str = _field('sgd', f'One of {OPTIMIZERS}.')
+  optimizer: str = _field(
+      'sgd', f'One of {OPTIMIZERS}. The schedule-free ones (Defazio et al. 2024, '
+      'optax.contrib) are evaluated at their averaged parameters, with batch-norm '
+      'statistics recomputed there (experiments.parallel.make_bn_recalibration); --momentum '
+      'is their interpolation b1.')
   weight_decay: float = _field(1e-4, 'Weight decay factor.')
   weight_decay_mode: str = _field(
       'coupled', "'coupled': L2 added to the gradient (Caffe, the paper); 'decoupled': "
@@ -110,6 +114,13 @@ class Config:
       'float rounding. It must divide --log_every, --eval_every and --checkpoint_every, where '
       'a dispatch ends, and the first step of each --batch_schedule phase. Without '
       '--eval_every, the evaluation after an epoch comes at the next multiple of it.')
+
+  init_from: str | None = _field(
+      None, "Branch off another run: 'WORKDIR@STEP' starts this run from that run's "
+      'checkpoint at STEP (parameters, batch-norm statistics, optimizer state and step), '
+      'then trains with this run\'s schedule to its end, e.g. the decay of a '
+      'warmup-stable-decay run from a stable-phase checkpoint. The model and optimizer must '
+      'be the same; recorded in summary.json as the parent.')
 
   # Bookkeeping.
   seed: int = _field(0, 'Seed for initialisation, data order and augmentation.')
@@ -147,6 +158,17 @@ class Config:
     """The phases of the batch schedule: (0, batch_size) and one per --batch_schedule entry."""
     return (BatchChange(0, self.batch_size), *parse_batch_schedule(self.batch_schedule))
 
+  def parent(self) -> tuple[str, int] | None:
+    """``--init_from`` as (workdir, step), or None; ConfigError if it is malformed."""
+    if self.init_from is None:
+      return None
+    path, at, step = self.init_from.rpartition('@')
+    if not at or not path or not step.isdigit():
+      raise ConfigError(f'--init_from={self.init_from!r}: give WORKDIR@STEP, the folder of '
+                        'another run and one of its checkpoint steps, e.g. '
+                        'runs/wsd-stable@600')
+    return path, int(step)
+
   def validate(self) -> None:
     """Checks what can be checked without data or devices; raises ConfigError."""
     _choice('optimizer', self.optimizer, OPTIMIZERS)
@@ -179,6 +201,14 @@ class Config:
       raise ConfigError(f'--weight_decay must be >= 0, got {self.weight_decay}')
     if self.lr is not None and not (self.lr >= 0 and math.isfinite(self.lr)):
       raise ConfigError(f'--lr must be >= 0, got {self.lr}')
+    if self.optimizer == 'schedule_free_adamw' and self.weight_decay and (
+        self.weight_decay_mode != 'decoupled'):
+      raise ConfigError('--optimizer=schedule_free_adamw decays weights decoupled; pass '
+                        '--weight_decay_mode=decoupled')
+    if self.optimizer == 'schedule_free_sgd' and self.weight_decay_mode != 'coupled':
+      raise ConfigError('--optimizer=schedule_free_sgd adds L2 to the gradient (at the '
+                        'interpolated point y, as its authors do); pass '
+                        '--weight_decay_mode=coupled')
     if self.caffe_momentum and self.optimizer not in ('sgd', 'nesterov'):
       raise ConfigError('--caffe_momentum applies to --optimizer=sgd or nesterov only')
     for name in ('checkpoint_every', 'keep_checkpoints', 'log_every', 'synthetic_examples',
@@ -202,6 +232,8 @@ class Config:
             f'every {every} steps, so a {every % k}-step program would be compiled too. Use '
             f'--steps_per_dispatch={fits}, which divides --log_every, --eval_every and '
             f'--checkpoint_every, or a multiple of {k} for --{name}')
+    if self.init_from is not None:
+      self.parent()
     if self.train_examples is not None and self.train_examples < 1:
       raise ConfigError(f'--train_examples must be >= 1, got {self.train_examples}')
 

@@ -28,7 +28,7 @@ of its batch phase (`StepConfig`), so that
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -268,6 +268,62 @@ def make_eval_step(model, mesh: jax.sharding.Mesh, dtype: Any, chunk: int):
                        in_specs=(P(), P(), P(AXIS), P(AXIS), P(AXIS), P(), P()),
                        out_specs=(P(), P()), check_vma=True)
   return jax.jit(body)
+
+
+def make_bn_recalibration(model, mesh: jax.sharding.Mesh, dtype: Any, local_batch: int,
+                          bn_momentum: float, images: np.ndarray, augment: str,
+                          key: jax.Array):
+  """Returns ``recalibrate(params, batch_stats) -> batch_stats``: the batch-norm statistics
+  of ``params``, recomputed on fixed training batches.
+
+  Why: a schedule-free optimizer trains at the interpolation y and is evaluated at the
+  average x (`experiments.train.evaluation_params`); the running statistics were gathered
+  at y, so they are recomputed at x before every evaluation, as Defazio et al. (2024)
+  prescribe for batch norm. ``images`` (a fixed sample of the training set, a multiple of
+  the global batch) pass in training mode, augmented as in training with a fixed key, in
+  batches of the training run's per-device size (so ghost-BN groups are the same): each
+  batch's statistics start from zero and the batches weigh equally. The training state's
+  own statistics are not touched, so training goes on exactly as without evaluations.
+  """
+  images = put_sharded(mesh, images)
+  positions = put_sharded(mesh, np.arange(images.shape[0], dtype=np.int32))
+
+  def replica(params, batch_stats, images, positions, mean, std):
+    zeros = jax.tree.map(jnp.zeros_like, batch_stats)
+
+    def one_batch(i):
+      sl = lambda a: lax.dynamic_slice_in_dim(a, i * local_batch, local_batch)
+      x = augment_batch(sl(images), key, sl(positions), augment)
+      x = data.normalize(x, mean, std, dtype=dtype)
+      _, updated = model.apply({'params': params, 'batch_stats': zeros}, x, train=True,
+                               mutable=['batch_stats'])
+      return updated['batch_stats']
+
+    stats = lax.map(one_batch, jnp.arange(images.shape[0] // local_batch))
+    stats = lax.pmean(jax.tree.map(lambda a: a.mean(0), stats), AXIS)
+    # From zero, one update leaves (1 - m) x the batch's statistics (and, debiased, a
+    # weight of 1 - m, which the evaluation divides out); undo the factor where no weight
+    # does it.
+    return _undo_decay(stats, bn_momentum)
+
+  body = jax.shard_map(replica, mesh=mesh, in_specs=(P(), P(), P(AXIS), P(AXIS), P(), P()),
+                       out_specs=P(), check_vma=True)
+  step = jax.jit(body)
+  return lambda params, batch_stats, mean, std: step(params, batch_stats, images, positions,
+                                                     mean, std)
+
+
+def _undo_decay(stats: Any, bn_momentum: float) -> Any:
+  """Divides the 'mean' and 'var' of every batch-norm layer without a debias 'weight' by
+  1 - bn_momentum."""
+  if isinstance(stats, Mapping) and 'mean' in stats and 'var' in stats:
+    if 'weight' in stats:
+      return stats
+    return {k: v / (1.0 - bn_momentum) if k in ('mean', 'var') else v
+            for k, v in stats.items()}
+  if isinstance(stats, Mapping):
+    return {k: _undo_decay(v, bn_momentum) for k, v in stats.items()}
+  return stats
 
 
 def _all_finite(tree: Any) -> jax.Array:

@@ -38,6 +38,7 @@ from experiments.config import (
     resolve_phases,
 )
 from experiments.metrics import MetricWriter, Progress
+from lrsched.plateau import find_states
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +210,33 @@ def _build_optimizer(config, lr, momentum):
                         '--weight_decay_mode=decoupled')
     return lrsched.adamw(lr, b1=0.9 if momentum is None else momentum,
                          weight_decay=config.weight_decay)
+  if config.optimizer.startswith('schedule_free_'):
+    return _schedule_free(config, lr, momentum)
   return lrsched.lars(lr, momentum=0.9 if momentum is None else momentum,
                       weight_decay=config.weight_decay)
+
+
+def _schedule_free(config, lr, momentum):
+  # Schedule-free wants a constant LR after a warmup; any schedule is accepted (the method
+  # weighs its averages by the largest LR so far). inject_hyperparams exposes the LR and
+  # b1 to lrsched.hyperparams, as for the other optimizers.
+  if isinstance(momentum, lrsched.Schedule) or momentum is None:
+    raise ConfigError(f'--optimizer={config.optimizer} takes a constant interpolation b1 '
+                      f'as --momentum (e.g. 0.9), got --momentum={config.momentum}')
+  if config.optimizer == 'schedule_free_sgd':
+    return optax.inject_hyperparams(optax.contrib.schedule_free_sgd)(
+        learning_rate=lr, b1=momentum, weight_decay=config.weight_decay or None)
+  return optax.inject_hyperparams(optax.contrib.schedule_free_adamw)(
+      learning_rate=lr, b1=momentum, weight_decay=config.weight_decay)
+
+
+def evaluation_params(opt_state: optax.OptState, params: Any) -> tuple[Any, bool]:
+  """The parameters to evaluate: for a schedule-free optimizer its average x (the
+  training parameters are the interpolation y), else ``params``; and whether they are x."""
+  states = find_states(opt_state, optax.contrib.ScheduleFreeState)
+  if not states:
+    return params, False
+  return optax.contrib.schedule_free_eval_params(states[0][1], params), True
 
 
 def check_devices(config: Config, num_devices: int) -> int:
@@ -348,6 +374,42 @@ def check_resumable(config: Config, workdir: str) -> None:
                       'use another --workdir, or the same settings to resume it')
 
 
+BRANCH_FIELDS = ('dataset', 'model', 'shortcut', 'dropout_rate', 'bn_group_size', 'bn_debias',
+                 'optimizer', 'caffe_momentum', 'precision')
+"""What a branch (``--init_from``) must share with its parent: the arrays of the state and
+what they mean."""
+
+
+def check_parent(config: Config, workdir: str) -> tuple[str, int] | None:
+  """ConfigError unless ``--init_from`` names a run with the same model and optimizer and a
+  checkpoint at its step (checked from the parent's files, before anything loads)."""
+  parent = config.parent()
+  if parent is None:
+    return None
+  path, step = parent
+  flag = f'--init_from={config.init_from}'
+  if os.path.abspath(path) == os.path.abspath(workdir):
+    raise ConfigError(f'{flag}: a run cannot branch off itself; re-run it to resume it')
+  try:
+    with open(os.path.join(path, 'config.json')) as f:
+      saved = {**dataclasses.asdict(Config()), **json.load(f)}
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'{flag}: {path} holds no readable run (config.json: '
+                      f'{getattr(e, "strerror", None) or e}); give the workdir of a run') from None
+  current = dataclasses.asdict(config)
+  differ = [k for k in BRANCH_FIELDS if saved.get(k) != current.get(k)]
+  if differ:
+    detail = ', '.join(f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in differ)
+    raise ConfigError(f'{flag}: the parent run has another model or optimizer ({detail}); a '
+                      'branch continues its state, so these must be the same')
+  steps = sorted(int(n) for n in os.listdir(os.path.join(path, 'checkpoints'))
+                 if n.isdigit()) if os.path.isdir(os.path.join(path, 'checkpoints')) else []
+  if step not in steps:
+    raise ConfigError(f'{flag}: {path} has no checkpoint at step {step} (it has '
+                      f'{", ".join(map(str, steps)) or "none"}); give one of its steps')
+  return path, step
+
+
 # --------------------------------------------------------------------------------------
 # The run.
 
@@ -422,6 +484,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
     raise ConfigError(f'unknown --dataset={config.dataset!r}; valid: {", ".join(data.DATASETS)}')
   check_workdir(workdir)
   check_resumable(config, workdir)
+  parent = check_parent(config, workdir)
   model = build_model(config)  # before loading the data, so that a typo fails at once
   dtype = compute_dtype(config)
 
@@ -433,6 +496,11 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   train_size = len(dataset.train_labels)
   p = plan(config, train_size, num_devices)
   total_steps, lr_schedule, momentum = p.total_steps, p.lr_schedule, p.momentum
+  if parent is not None:
+    if parent[1] >= total_steps:
+      raise ConfigError(f'--init_from={config.init_from}: the branch has {total_steps} steps, '
+                        f'so it cannot start at step {parent[1]}; give more --steps')
+    check_same_data(parent[0], data_used)
   log.info('%s: %d train / %d test examples, %d steps (%.1f epochs), %d devices (%s)',
            dataset.source, train_size, len(dataset.test_labels), total_steps,
            p.epoch_at(total_steps), num_devices, devices[0].device_kind)
@@ -465,6 +533,17 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   elif checkpointer.set_aside:
     log.warning('no readable checkpoint in %s (set aside: %s): training from step 0',
                 checkpointer.directory, ', '.join(checkpointer.set_aside))
+  if restored is None and parent is not None:
+    # A branch: the parent's state at its step, then this run's schedule from there on.
+    parent_checkpoints = Checkpointer(parent[0], config.keep_checkpoints)
+    try:
+      state = parent_checkpoints.restore(
+          parent[1], abstract_like(state),
+          f'--init_from={config.init_from} needs the same model and optimizer state')
+    finally:
+      parent_checkpoints.close()
+    start_step = parent[1]
+    log.info('branched off %s at step %d', parent[0], start_step)
   writer = MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
   saved_record = checkpointer.record(start_step) if restored is not None else {}
   if len(writer.evaluations) < saved_record.get('evaluations', 0):
@@ -484,6 +563,16 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   std = parallel.put_replicated(mesh, np.asarray(dataset.std, np.float32))
   evaluate = make_test_evaluation(model, mesh, dtype, dataset.test_images,
                                   dataset.test_labels, mean, std)
+  if config.optimizer.startswith('schedule_free_'):
+    recalibrate = parallel.make_bn_recalibration(
+        model, mesh, dtype, p.local_batches[0], config.bn_momentum,
+        recalibration_sample(dataset.train_images, p.phases[0].batch_size, config.seed),
+        config.augment, jax.random.fold_in(step_key, BN_RECALIBRATION_KEY))
+
+  def evaluate_state(state: parallel.TrainState) -> tuple[jax.Array, jax.Array]:
+    params, averaged = evaluation_params(state.opt_state, state.params)
+    stats = recalibrate(params, state.batch_stats, mean, std) if averaged else state.batch_stats
+    return evaluate(params, stats)
   train_steps: dict[int, Any] = {}  # one compiled step per batch phase, made when first used
 
   def train_fn(phase: int):
@@ -532,7 +621,8 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
     images_per_sec = ((p.examples_at(step) - p.examples_at(last['step']))
                       / max(now - last['time'], 1e-9))
     lr_now = float(hp['learning_rate'])
-    mom_now = float(hp['momentum']) if 'momentum' in hp else None
+    mom = hp.get('momentum', hp.get('b1'))  # b1: the schedule-free interpolation
+    mom_now = None if mom is None else float(mom)
     train_loss = float(metrics.loss_sum / max(metrics.count, 1))
     progress.update(step, lr=lr_now, loss=train_loss, images_per_sec=images_per_sec)
     row = {'step': step, 'epoch': p.epoch_at(step), 'lr': lr_now, 'momentum': mom_now,
@@ -543,7 +633,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
     if not (eval_due(step) or step == total_steps):
       writer.train({**row, 'elapsed_s': elapsed()})
     else:
-      test_loss, test_accuracy = (float(v) for v in evaluate(state.params, state.batch_stats))
+      test_loss, test_accuracy = (float(v) for v in evaluate_state(state))
       if not math.isfinite(test_loss):
         checkpointer.close()
         writer.close()
@@ -637,7 +727,9 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
       # from), and this process's alone.
       'wall_time_s': elapsed(),
       'this_process_s': time.time() - start_time, 'compile_s': compile_s,
-      'resumed_from_step': start_step or None,
+      'resumed_from_step': (start_step or None) if restored is not None else None,
+      'parent': (None if parent is None else
+                 {'workdir': os.path.abspath(parent[0]), 'step': parent[1]}),
       'device_kind': devices[0].device_kind, 'device_count': num_devices,
       'process_count': jax.process_count(), 'data': dataset.source,
       'schedule': repr(lr_schedule), 'momentum': repr(momentum),
@@ -662,6 +754,22 @@ def make_test_evaluation(model, mesh, dtype: Any, images: np.ndarray, labels: np
   arrays = [parallel.put_sharded(mesh, a) for a in test]
   step = parallel.make_eval_step(model, mesh, dtype, chunk)
   return lambda params, batch_stats: step(params, batch_stats, *arrays, mean, std)
+
+
+BN_RECALIBRATION_BATCHES = 32
+"""Training batches over which a schedule-free run's batch-norm statistics are recomputed at
+its averaged parameters before each evaluation (`parallel.make_bn_recalibration`)."""
+BN_RECALIBRATION_KEY = 1  # folded into the step key: an augmentation key of its own
+
+
+def recalibration_sample(train_images: np.ndarray, batch_size: int, seed: int) -> np.ndarray:
+  """A fixed random sample of `BN_RECALIBRATION_BATCHES` global batches of training images
+  (with replacement only when the training set is smaller)."""
+  n = BN_RECALIBRATION_BATCHES * batch_size
+  size = len(train_images)
+  index = np.random.default_rng(seed).choice(size, min(n, size // batch_size * batch_size)
+                                             or batch_size, replace=size < batch_size)
+  return train_images[np.sort(index)]
 
 
 def eval_chunk(test_size: int, num_devices: int, target: int = 500) -> int:
