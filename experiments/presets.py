@@ -430,6 +430,8 @@ def _modern_presets(prefix: str, base: Mapping[str, Any], steps: int, branch_at:
   branched = lambda shape: (f'wsd(peak_lr={peak:g}, warmup_steps={warmup}, '
                             f'decay_steps={decay}, decay={shape!r})')
   stable = f'{prefix}-wsd-stable'
+  # The stable run goes on past the branch point; it must keep that checkpoint.
+  keep = max(3, decay // 2 // base['checkpoint_every'] + 2)
   return [
       arm('1cycle', '1cycle 0.08 -> 0.8 with cyclical momentum 0.95 -> 0.85',
           dict(schedule='smith_one_cycle(base_lr=0.08, max_lr=0.8)', momentum='cyclical')),
@@ -442,7 +444,7 @@ def _modern_presets(prefix: str, base: Mapping[str, Any], steps: int, branch_at:
       arm('wsd-stable', f'warmup {warmup}, then {peak:g} held: the stable run the WSD decays '
           f'branch off (at step {branch_at})',
           dict(schedule=f'warmup(constant({peak:g}), warmup_steps={warmup})',
-               steps=branch_at + decay // 2)),
+               steps=branch_at + decay // 2, keep_checkpoints=keep)),
       arm('wsd-sqrt', f'WSD: the stable run from step {branch_at}, then 1 - sqrt to 0 over '
           f'{decay} steps', dict(schedule=branched('sqrt'), init_from=f'{stable}@{branch_at}'),
           'a branch of the wsd-stable arm (--init_from); '),

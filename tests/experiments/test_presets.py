@@ -178,3 +178,33 @@ def test_the_cpu_suite_runs_end_to_end_at_tiny_size(tmp_path):
   results = compare.compare(arms, str(tmp_path), devices=jax.devices()[:1])  # 1 replica: fast
   assert [r['status'] for r in results] == ['finished'] * len(arms)
   assert (tmp_path / 'comparison.md').exists() and (tmp_path / 'comparison.png').exists()
+
+
+@pytest.mark.parametrize('bench', ['cpu-modern', 'gpu-modern'])
+def test_the_modern_bench_branches_its_wsd_decays_off_the_stable_run(bench):
+  suite = presets.get_suite(bench)
+  configs = {name.removeprefix(f'{bench}-'): presets.get(name).config() for name in suite.arms}
+  assert set(configs) == {'1cycle', 'step', 'cosine', 'linear', 'wsd-stable', 'wsd-sqrt',
+                          'wsd-linear', 'schedule-free'}
+  varying = {'schedule', 'momentum', 'steps', 'optimizer', 'init_from', 'keep_checkpoints'}
+  first = dataclasses.asdict(configs['1cycle'])
+  for config in configs.values():
+    values = dataclasses.asdict(config)
+    assert {k for k in values if values[k] != first[k]} <= varying
+  stable = configs['wsd-stable']
+  stable_plan = train.plan(stable, 50_000, 1)
+  for shape in ('sqrt', 'linear'):
+    branch = configs[f'wsd-{shape}']
+    parent, step = branch.parent()
+    assert parent == f'{bench}-wsd-stable' and branch.steps == configs['1cycle'].steps
+    # The parent keeps a checkpoint at the branch step, and up to it the branch's schedule
+    # is the stable run's (to float rounding: `warmup` and `wsd` round their ramps
+    # differently): the branch is the WSD run the decay would have been.
+    assert step % stable.checkpoint_every == 0 and step < stable.steps
+    kept = list(range(stable.checkpoint_every, stable.steps, stable.checkpoint_every))
+    assert step in [*kept, stable.steps][-stable.keep_checkpoints:]
+    lrs = np.asarray(train.plan(branch, 50_000, 1).lr_schedule(np.arange(branch.steps)))
+    before = np.asarray(stable_plan.lr_schedule(np.arange(step)))
+    np.testing.assert_allclose(lrs[:step], before, rtol=1e-6)
+    assert lrs[step + 1] < lrs[step] == lrs[step - 1] and lrs[-1] < 1e-2 * lrs[step]
+  assert configs['schedule-free'].optimizer == 'schedule_free_sgd'
