@@ -763,13 +763,15 @@ BN_RECALIBRATION_KEY = 1  # folded into the step key: an augmentation key of its
 
 
 def recalibration_sample(train_images: np.ndarray, batch_size: int, seed: int) -> np.ndarray:
-  """A fixed random sample of `BN_RECALIBRATION_BATCHES` global batches of training images
-  (with replacement only when the training set is smaller)."""
-  n = BN_RECALIBRATION_BATCHES * batch_size
+  """A fixed random sample of whole global batches of training images: up to
+  `BN_RECALIBRATION_BATCHES` of them (one, drawn with replacement, from a training set
+  smaller than a batch)."""
   size = len(train_images)
-  index = np.random.default_rng(seed).choice(size, min(n, size // batch_size * batch_size)
-                                             or batch_size, replace=size < batch_size)
-  return train_images[np.sort(index)]
+  batches = min(BN_RECALIBRATION_BATCHES, size // batch_size)
+  rng = np.random.default_rng(seed)
+  if batches == 0:
+    return train_images[np.sort(rng.choice(size, batch_size, replace=True))]
+  return train_images[np.sort(rng.choice(size, batches * batch_size, replace=False))]
 
 
 def eval_chunk(test_size: int, num_devices: int, target: int = 500) -> int:
