@@ -190,12 +190,17 @@ def test_a_stop_never_skips_a_due_evaluation(finished_run, tmp_path, monkeypatch
 
 
 def test_one_and_four_devices_give_the_same_result(tmp_path):
-  devices = jax.devices()
-  one = train.train_and_evaluate(tiny(tmp_path / 'one', steps=3), devices=devices[:1])
-  four = train.train_and_evaluate(tiny(tmp_path / 'four', steps=3), devices=devices[:4])
+  # Equal up to the order of the cross-device sums. At the fixture's 1cycle LR (0.2) three
+  # steps amplify that rounding chaotically: CI's machine (2026-12-02) saw 3.7e-6 in a
+  # batch-norm bias of 3e-4, this dev machine 3e-8. At a small constant LR rounding stays
+  # near rounding, and a real error still shows at once: BN groups of 8 instead of 4 on
+  # the four devices gave 5.6e-4 (measured on the dev machine, 2026-12-02).
+  devices, slow = jax.devices(), dict(steps=3, schedule='constant(lr=0.01)')
+  one = train.train_and_evaluate(tiny(tmp_path / 'one', **slow), devices=devices[:1])
+  four = train.train_and_evaluate(tiny(tmp_path / 'four', **slow), devices=devices[:4])
   assert one['device_count'] == 1 and four['device_count'] == 4
   assert_trees_equal(final_params(tmp_path / 'one'), final_params(tmp_path / 'four'),
-                     rtol=2e-4, atol=2e-6)
+                     rtol=2e-4, atol=1e-5)
 
 
 def test_with_k_steps_per_dispatch_epoch_evaluations_come_at_the_next_multiple_of_k(

@@ -139,6 +139,15 @@ def test_sequence_durations():
   assert sequence([b, b]).total_steps == 16
 
 
+def test_sequence_matches_optaxs_join_schedules():
+  ours = sequence([decay.linear(init_lr=0.0, end_lr=0.1, total_steps=20),
+                   decay.cosine(0.1, total_steps=100)], durations=[20])
+  theirs = optax.join_schedules([optax.linear_schedule(0.0, 0.1, 20),
+                                 optax.cosine_decay_schedule(0.1, 100)], [20])
+  steps = jnp.arange(130)
+  np.testing.assert_allclose(ours(steps), theirs(steps), rtol=1e-6, atol=3e-8)  # float32 ulps
+
+
 @given(st.lists(st.tuples(st.sampled_from(['cosine', 'sgdr', 'constant', 'linear']),
                           st.one_of(st.integers(1, 4), st.integers(1, 10**8))),
                 min_size=1, max_size=4),

@@ -7,6 +7,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -28,6 +29,20 @@ def test_matches_pytorch(case):
   schedule = lrsched.REGISTRY[case['name']](**case['arguments'])
   values = schedule(jnp.asarray(case['steps'], dtype=jnp.int32))
   np.testing.assert_allclose(values, case['values'], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize('ours, theirs', [
+    (decay.linear(init_lr=0.1, end_lr=0.01, total_steps=100),
+     optax.linear_schedule(0.1, 0.01, 100)),
+    (decay.cosine(0.1, total_steps=100, min_lr=0.001),
+     optax.cosine_decay_schedule(0.1, 100, alpha=0.01)),
+    (decay.multistep(0.1, milestones=[30, 80], gamma=0.1),
+     optax.piecewise_constant_schedule(0.1, {30: 0.1, 80: 0.1})),
+], ids=['linear_schedule', 'cosine_decay_schedule', 'piecewise_constant_schedule'])
+def test_matches_optax(ours, theirs):
+  # The README's "From Optax" lines; past the end too (both hold).
+  steps = jnp.arange(130)
+  np.testing.assert_allclose(ours(steps), theirs(steps), rtol=1e-6, atol=3e-8)  # float32 ulps
 
 
 def test_golden_covers_every_pytorch_decay():

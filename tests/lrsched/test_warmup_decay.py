@@ -1,7 +1,9 @@
 """Tests for lrsched.warmup_decay (wsd, rsqrt): golden values from Optax and the authors'
 formulas, the library's guarantees under jit and vmap, spec strings and errors."""
 
+import json
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +36,19 @@ def test_wsd_without_a_stable_phase_is_optaxs_warmup_cosine(warmup, init, final)
   theirs = optax.warmup_cosine_decay_schedule(init, 0.3, warmup, total, final)
   steps = np.arange(total + 20)
   np.testing.assert_allclose(values(ours, steps), values(theirs, steps), rtol=2e-5, atol=1e-7)
+
+
+TORCH_WSD = json.loads((pathlib.Path(__file__).parent / 'golden' / 'torch_wsd.json').read_text())
+
+
+@pytest.mark.parametrize('case', TORCH_WSD['cases'],
+                         ids=lambda c: '-'.join(str(v) for v in c['arguments'].values()))
+def test_wsd_matches_pytorchs_sequential_lr_recipe(case):
+  # LinearLR warmup, ConstantLR(factor=1), then LinearLR or CosineAnnealingLR, chained with
+  # SequentialLR (golden/torch_wsd.py).
+  steps = np.arange(case['steps'])
+  np.testing.assert_allclose(values(lrsched.wsd(**case['arguments']), steps), case['values'],
+                             rtol=1e-6, atol=0)
 
 
 def test_wsd_exponential_matches_optaxs_warmup_exponential():
