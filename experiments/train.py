@@ -38,7 +38,7 @@ from experiments.config import (
     resolve_phases,
 )
 from experiments.metrics import MetricWriter, Progress
-from lrsched.plateau import find_states
+from lrsched.states import find_states
 
 log = logging.getLogger(__name__)
 

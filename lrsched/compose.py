@@ -17,6 +17,7 @@ import numpy as np
 
 from lrsched import _base
 from lrsched._base import Numeric, Schedule, Shape
+from lrsched._interpolate import ramp
 
 AnySchedule = Schedule | Callable[[Any], Any]
 """A `lrsched.Schedule`, or any ``optax.Schedule`` (a callable ``step -> value``)."""
@@ -55,6 +56,12 @@ def warmup(schedule: AnySchedule, warmup_steps: int, start_lr: Numeric = 0.0) ->
   _check_schedule('warmup', 'schedule', schedule)
   _base.check_steps('warmup', 'warmup_steps', warmup_steps, minimum=0)
   _base.check_lr('warmup', 'start_lr', start_lr)
+  return with_warmup(schedule, warmup_steps, start_lr)
+
+
+def with_warmup(schedule: AnySchedule, warmup_steps: int, start_lr: Numeric) -> Shape:
+  """The body of `warmup` for checked arguments; constructors that offer a warmup of their
+  own (`lrsched.sgdr`) build on it."""
   inner_total = _total_steps(schedule)
   total_steps = None if inner_total is None else inner_total + warmup_steps
   boundaries = tuple(sorted({0, warmup_steps}
@@ -64,10 +71,9 @@ def warmup(schedule: AnySchedule, warmup_steps: int, start_lr: Numeric = 0.0) ->
     return Shape(schedule, boundaries=boundaries, total_steps=total_steps)
 
   def fn(step):
-    target = schedule(jnp.zeros((), jnp.int32))
-    ramp = start_lr + (target - start_lr) * (_base.to_float(step) / warmup_steps)
+    rising = ramp(start_lr, schedule(jnp.zeros((), jnp.int32)), step, warmup_steps)
     after = schedule(jnp.maximum(step - warmup_steps, 0))
-    return jnp.where(step < warmup_steps, ramp, after)
+    return jnp.where(step < warmup_steps, rising, after)
 
   return Shape(fn, boundaries=boundaries, total_steps=total_steps)
 

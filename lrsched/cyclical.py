@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from lrsched import _base, decay
 from lrsched._base import Numeric, Shape
+from lrsched._interpolate import cosine_weight
 
 MODES = ('triangular', 'triangular2', 'exp_range')
 WINDOWS = ('triangular', 'welch', 'hann')
@@ -50,8 +51,7 @@ def window_height(frac: jax.Array, window: str) -> jax.Array:
     return frac
   if window == 'welch':
     return frac * (2.0 - frac)  # = 1 - (1 - f)^2, without its cancellation near f = 0
-  # sin^2 rather than (1 - cos)/2: no cancellation near the cycle's start.
-  return jnp.square(jnp.sin(0.5 * jnp.pi * frac))
+  return cosine_weight(frac)
 
 
 def _cycle_position(step: jax.Array, up: int, down: int) -> tuple[jax.Array, jax.Array]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from lrsched import _base
 from lrsched._base import Numeric, Shape
+from lrsched._interpolate import ramp
 
 
 @_base.register
@@ -48,21 +49,6 @@ def linear(init_lr: Numeric, end_lr: Numeric, total_steps: int) -> Shape:
                total_steps=total_steps)
 
 
-def ramp(start: Numeric, end: Numeric, step: jnp.ndarray, length: int) -> jnp.ndarray:
-  """``start`` -> ``end`` linearly over steps [0, length], held after: the one linear
-  interpolation of the library, exact at both ends and never outside [start, end].
-
-  Each half is interpolated from its own endpoint, with a fraction that is exactly 0
-  there: the plain ``start + (end - start) * t / T`` misses ``end`` once XLA turns ``/ T``
-  into ``* (1 / T)``, and can then go negative.
-  """
-  t = jnp.clip(step, 0, length)
-  done = _base.to_float(t) / length
-  left = _base.to_float(length - t) / length
-  value = jnp.where(t <= length - t, start + (end - start) * done, end + (start - end) * left)
-  return jnp.clip(value, jnp.minimum(start, end), jnp.maximum(start, end))
-
-
 # The gamma of a decay: (0, 1]. A factor above 1 would make the "decay" grow the LR.
 _GAMMA_HINT = 'a decay multiplies the LR by gamma <= 1; gamma > 1 would increase it'
 
@@ -76,17 +62,6 @@ def power(base: Numeric, exponent: jnp.ndarray) -> jnp.ndarray:
   if _base.is_python_number(base):
     return jnp.exp(exponent * math.log(base))
   return jnp.power(base, exponent)
-
-
-def cosine_weight(left: jnp.ndarray) -> jnp.ndarray:
-  r"""The cosine annealing factor :math:`(1 + \cos(\pi (1 - l))) / 2` for a fraction ``left``
-  of the phase still to go, computed as :math:`\sin^2(\pi l / 2)`.
-
-  The two are equal; the sine form has no cancellation near the end of the phase (where
-  ``1 + cos`` loses all but a few bits in float32), provided ``left`` comes from an exact
-  integer difference, as in ``(T - t) / T``.
-  """
-  return jnp.square(jnp.sin((0.5 * jnp.pi) * left))
 
 
 def _multiples(period: int, count: int = 5) -> tuple[int, ...]:
@@ -260,7 +235,6 @@ def cosine(lr: Numeric, total_steps: int, min_lr: Numeric = 0.0) -> Shape:
   _base.check_order('cosine', 'min_lr', min_lr, 'lr', lr)
 
   def fn(step):
-    left = _base.to_float(total_steps - jnp.minimum(step, total_steps)) / total_steps
-    return min_lr + (lr - min_lr) * cosine_weight(left)
+    return ramp(lr, min_lr, step, total_steps, 'cos')
 
   return Shape(fn, boundaries=(0, total_steps), total_steps=total_steps)

@@ -26,9 +26,8 @@ import numpy as np
 
 from lrsched import _base, cyclical
 from lrsched._base import Numeric, Shape
-
-ANNEALS = ('cos', 'linear')
-_F32_TINY = float(np.finfo(np.float32).tiny)
+from lrsched._interpolate import KINDS as ANNEALS
+from lrsched._interpolate import piecewise
 
 SMITH_STEP_FRACTION = 0.45
 """Default ``step_size`` of Smith's 1cycle as a fraction of ``total_steps``: the cycle takes
@@ -37,88 +36,6 @@ SMITH_STEP_FRACTION = 0.45
 
 # --------------------------------------------------------------------------------------
 # Helpers
-
-
-def _offset(step: jax.Array, origin: float) -> jax.Array:
-  """``step - origin`` as a float, with the integer part of the difference done in int32.
-
-  ``origin`` is a Python float (a phase end such as ``pct_start * T - 1``). Subtracting
-  its integer part from the int32 step first keeps the difference exact near the origin
-  for every step up to 2**31-1, where a float32 step alone would be off by up to 128.
-  """
-  k = min(max(math.floor(origin), 0), _base.INT32_MAX)
-  return _base.to_float(step - k) - (origin - k)
-
-
-def _full(value: Any, step: jax.Array) -> jax.Array:
-  """A hyper-parameter (maybe a tracer) as a float array of the step's shape."""
-  return _base.to_float(jnp.zeros_like(step)) + value
-
-
-def _at_or_before(step: jax.Array, point: float) -> jax.Array:
-  """``step <= point`` for an int32 step and a Python float, compared exactly."""
-  k = math.floor(point)
-  if k < 0:
-    return jnp.zeros(jnp.shape(step), dtype=bool)
-  if k >= _base.INT32_MAX:
-    return jnp.ones(jnp.shape(step), dtype=bool)
-  return step <= k
-
-
-def _anneal(kind: str, start: Any, end: Any, done: jax.Array, left: jax.Array) -> jax.Array:
-  r"""From ``start`` (done = 0) to ``end`` (left = 0); ``done + left = 1``.
-
-  Written as a weighted sum of the two endpoints, each weight computed from the side that
-  keeps it accurate, so that the value is within [start, end], never negative for
-  non-negative endpoints, and relatively accurate even when ``end`` is ~1e-6 ``start``:
-
-  * ``'linear'``: :math:`start \cdot left + end \cdot done`;
-  * ``'cos'``: :math:`start \cos^2(\tfrac{\pi}{2} done) + end \sin^2(\tfrac{\pi}{2} done)`,
-    i.e. PyTorch's :math:`end + \tfrac12 (start - end)(1 + \cos \pi \, done)`, with
-    :math:`\cos(\tfrac{\pi}{2} done) = \sin(\tfrac{\pi}{2} left)`.
-  """
-  if kind == 'linear':
-    return start * left + end * done
-  half_pi = 0.5 * jnp.pi
-  return start * jnp.square(jnp.sin(half_pi * left)) + end * jnp.square(jnp.sin(half_pi * done))
-
-
-def _phase_value(step: jax.Array, start: float, end: float, kind: str, first: Any,
-                 last: Any) -> jax.Array:
-  """The value of the phase [start, end] (float steps) at an int32 step inside it."""
-  length = end - start
-  if length <= 0:
-    # Only the last phase gets here with zero length (`_phases` skips the others): the
-    # value is its end, the limit of PyTorch's value as the phase shrinks to nothing.
-    return _full(last, step)
-  # The length floored at float32's smallest normal: a phase of, say, 1e-40 steps (a tiny
-  # pct_start) is a denormal in float32, which XLA flushes to zero (0/0 = NaN).
-  done = jnp.clip(_offset(step, start) / max(length, _F32_TINY), 0.0, 1.0)
-  if length < 1:  # at most one step inside: no accuracy to gain from the far end
-    left = 1.0 - done
-  else:
-    left = jnp.clip(-_offset(step, end) / length, 0.0, 1.0)
-  return _anneal(kind, first, last, done, left)
-
-
-def _phases(step: jax.Array, ends: Sequence[float], values: Sequence[Any],
-            kind: str) -> jax.Array:
-  """PyTorch ``OneCycleLR``'s phase rule at an int32 step.
-
-  Phase i runs from ``ends[i-1]`` (0 for the first) to ``ends[i]`` and anneals from
-  ``values[i]`` to ``values[i+1]``. A step belongs to the first phase whose end it does not
-  pass, or to the last phase. A phase of zero length is skipped (PyTorch would divide by
-  zero there): its step falls to the next phase, which starts where it ends.
-  """
-  starts = [0.0, *ends[:-1]]
-  out = _phase_value(step, starts[-1], ends[-1], kind, values[-2], values[-1])
-  for i in reversed(range(len(ends) - 1)):
-    if ends[i] <= starts[i]:
-      continue  # zero length; or negative, and then no step is inside anyway
-    inside = _at_or_before(step, ends[i])
-    out = jnp.where(inside, _phase_value(step, starts[i], ends[i], kind, values[i],
-                                         values[i + 1]), out)
-  return out
 
 
 def _knot_steps(total_steps: int, knots: Sequence[float], last: int) -> tuple[int, ...]:
@@ -171,7 +88,7 @@ def _torch_one_cycle(total_steps: int, pct_start: float, anneal: str, three_phas
   values = [start, peak, start, end] if three_phase else [start, peak, end]
 
   def fn(step):
-    return _phases(jnp.minimum(step, total_steps - 1), ends, values, anneal)
+    return piecewise(jnp.minimum(step, total_steps - 1), [0.0, *ends], values, anneal)
 
   return Shape(fn, boundaries=_knot_steps(total_steps, ends[:-1], total_steps - 1),
                total_steps=total_steps)
@@ -289,13 +206,16 @@ def super_convergence(base_lr: Numeric = 0.1, max_lr: Numeric = 3.0,
     max_lr: the peak LR at step ``step_size``, >= ``base_lr``.
     step_size: S, half the run, >= 1; ``total_steps`` is 2S.
   """
-  _base.check_steps('super_convergence', 'step_size', step_size)
-  cycle = cyclical._cyclic_lr('super_convergence', base_lr, max_lr, step_size, None,
-                              'triangular', 1.0, None, 'cycle', 'triangular')
+  where = 'super_convergence'
+  _base.check_lr(where, 'base_lr', base_lr)
+  _base.check_lr(where, 'max_lr', max_lr)
+  _base.check_order(where, 'base_lr', base_lr, 'max_lr', max_lr)
+  _base.check_steps(where, 'step_size', step_size)
+  cycle = cyclical.triangular(base_lr, max_lr, step_size)
   end = 2 * step_size
 
   def fn(step):
-    return cycle.fn(jnp.minimum(step, min(end, _base.INT32_MAX)))
+    return cycle(jnp.minimum(step, min(end, _base.INT32_MAX)))
 
   return Shape(fn, boundaries=cycle.boundaries, total_steps=end)
 
@@ -311,13 +231,6 @@ def _smith_step_size(where: str, total_steps: Any, step_size: Any) -> int:
                             f'(the cycle of 2 * step_size steps must fit in total_steps), got '
                             f'step_size={step_size} with total_steps={total_steps}')
   return int(step_size)
-
-
-def _linear(a: Any, b: Any, done: jax.Array, length: int) -> jax.Array:
-  """From a (done = 0) to b (done = length) linearly; ``done`` is an int32 step count."""
-  done = jnp.clip(done, 0, length)
-  return _anneal('linear', a, b, _base.to_float(done) / length,
-                 _base.to_float(length - done) / length)
 
 
 @_base.register
@@ -352,19 +265,12 @@ def smith_one_cycle(base_lr: Numeric, max_lr: Numeric, total_steps: int,
   size = _smith_step_size(where, total_steps, step_size)
   _base.check_range(where, 'annihilation', annihilation, 0, 1)
   cycle_end = 2 * size
-  cycle = cyclical.cyclic_fraction(size, size) if size else None
 
   def fn(step):
-    step = jnp.minimum(step, total_steps)
-    final = base_lr * annihilation
-    if cycle_end < total_steps:
-      tail = _linear(base_lr, final, step - cycle_end, total_steps - cycle_end)
-    else:
-      tail = _full(final, step)
-    if cycle is None:
-      return tail
-    triangle = base_lr + (max_lr - base_lr) * cycle(step)
-    return jnp.where(step < cycle_end, triangle, tail)
+    # The triangle, then the annihilation; with 2S = T, a drop at T (a zero-length tail).
+    return piecewise(step, [0, size, cycle_end, total_steps],
+                     [base_lr, max_lr, base_lr, base_lr * annihilation], 'linear',
+                     closed='left')
 
   return Shape(fn, boundaries=tuple(sorted({0, size, cycle_end, total_steps})),
                total_steps=total_steps)
@@ -390,12 +296,11 @@ def smith_one_cycle_momentum(total_steps: int, base_momentum: Numeric = 0.85,
   where = 'smith_one_cycle_momentum'
   size = _smith_step_size(where, total_steps, step_size)
   _check_momenta(where, base_momentum, max_momentum)
-  cycle = cyclical.cyclic_fraction(size, size) if size else None
 
   def fn(step):
-    if cycle is None:
-      return _full(max_momentum, step)
-    return max_momentum - (max_momentum - base_momentum) * cycle(jnp.minimum(step, 2 * size))
+    return piecewise(step, [0, size, 2 * size, total_steps],
+                     [max_momentum, base_momentum, max_momentum, max_momentum], 'linear',
+                     closed='left')
 
   return Shape(fn, boundaries=tuple(sorted({0, size, 2 * size, total_steps})),
                total_steps=total_steps)
@@ -435,12 +340,10 @@ def caffe_one_cycle(base_lr: Numeric, max_lr: Numeric, total_steps: int,
   _base.check_range(where, 'annihilation', annihilation, 0, 1)
 
   def fn(step):
-    final = _full(base_lr * annihilation, step)
-    if not size:
-      return final
-    up = _linear(base_lr, max_lr, step, size)
-    down = _linear(max_lr, 0.0, step - size, size)
-    return jnp.where(step <= size, up, jnp.where(step < 2 * size, down, final))
+    # Up to the peak, down towards 0, then a jump (the repeated knot) to the final LR.
+    final = base_lr * annihilation
+    return piecewise(step, [0, size, 2 * size, 2 * size, total_steps],
+                     [base_lr, max_lr, 0.0, final, final], 'linear', closed='left')
 
   return Shape(fn, boundaries=tuple(sorted({0, size, 2 * size})), total_steps=total_steps)
 
@@ -451,15 +354,11 @@ def caffe_one_cycle(base_lr: Numeric, max_lr: Numeric, total_steps: int,
 
 def _fastai_curve(step: jax.Array, total_steps: int, pct_start: float, start: Any,
                   middle: Any, end: Any) -> jax.Array:
-  """fastai's ``combined_cos(pct_start, start, middle, end)`` at position step / T."""
-  step = jnp.minimum(step, total_steps)
-  split = pct_start * total_steps
-  # Phase 1 is pos < pct_start, i.e. the integer step < split.
-  second = _phase_value(step, split, float(total_steps), 'cos', middle, end)
-  if split <= 0:
-    return second
-  first = _phase_value(step, 0.0, split, 'cos', start, middle)
-  return jnp.where(_at_or_before(step, math.ceil(split) - 1), first, second)
+  """fastai's ``combined_cos(pct_start, start, middle, end)`` at position step / T: phase 1
+  is ``pos < pct_start``, i.e. the integer step < pct_start * T."""
+  return piecewise(jnp.minimum(step, total_steps), [0.0, pct_start * total_steps,
+                                                    float(total_steps)],
+                   [start, middle, end], 'cos', closed='left')
 
 
 @_base.register

@@ -24,7 +24,7 @@ applied (emitted) updates, not the micro-steps that accumulate gradients.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,14 +33,10 @@ import optax
 
 from lrsched import _base, plateau
 from lrsched._base import Numeric
+from lrsched.states import INJECT_STATES, CaffeMomentumState, find_states
 
 ScalarOrSchedule = Numeric | Callable[[Any], Any]
 Mask = Any | Callable[[optax.Params], Any] | None
-
-_INJECT_STATES = tuple(
-    cls for cls in (getattr(optax, 'InjectStatefulHyperparamsState', None),
-                    getattr(optax, 'InjectHyperparamsState', None))
-    if cls is not None)
 
 
 # --------------------------------------------------------------------------------------
@@ -81,12 +77,6 @@ def _has_weight_decay(weight_decay: Any) -> bool:
 
 # --------------------------------------------------------------------------------------
 # Transforms
-
-
-class CaffeMomentumState(NamedTuple):
-  """The velocity of Caffe-form momentum, which holds the learning rate."""
-
-  velocity: optax.Updates
 
 
 def _caffe_momentum(learning_rate: jax.Array, momentum: jax.Array,
@@ -341,13 +331,13 @@ def hyperparams(opt_state: optax.OptState) -> dict[str, jax.Array]:
     key = name if name not in out else f'{jax.tree_util.keystr(path)}.{name}'
     out[key] = jnp.asarray(value)
 
-  for path, state in plateau.find_states(opt_state, _INJECT_STATES):
+  for path, state in find_states(opt_state, INJECT_STATES):
     values = dict(state.hyperparams)
     if 'b1' in values and 'momentum' not in values:
       values = {'momentum': values['b1'], **values}
     for name, value in values.items():
       put(path, name, value)
-  for path, state in plateau.find_states(opt_state, plateau.PlateauState):
+  for path, state in find_states(opt_state, plateau.PlateauState):
     put(path, 'plateau_scale', state.scale)
   # learning_rate and momentum first, then alphabetical: a stable order for loggers.
   first = ('learning_rate', 'momentum')

@@ -52,6 +52,7 @@ import optax
 
 from lrsched import _base
 from lrsched._base import Numeric
+from lrsched.states import CaffeMomentumState, find_states
 
 
 @jax.tree_util.register_static
@@ -191,19 +192,6 @@ def _is_plateau(x: Any) -> bool:
   return isinstance(x, PlateauState)
 
 
-def find_states(tree: Any, types: type | tuple[type, ...]) -> list[tuple[Any, Any]]:
-  """Every node of ``tree`` that is an instance of ``types``, with its key path.
-
-  Outer nodes come before the nodes found inside them (an inject state inside another).
-  """
-  found = [((), tree)] if isinstance(tree, types) else []
-  match = lambda x: isinstance(x, types) and x is not tree
-  for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=match)[0]:
-    if match(node):
-      found.extend((path + sub, inner) for sub, inner in find_states(node, types))
-  return found
-
-
 def report_metric(opt_state: optax.OptState, value: Numeric) -> optax.OptState:
   """Reports an evaluation metric to every plateau rule inside an optimizer state.
 
@@ -236,8 +224,6 @@ def report_metric(opt_state: optax.OptState, value: Numeric) -> optax.OptState:
     raise ValueError('report_metric: no plateau state in opt_state; use '
                      'lrsched.reduce_lr_on_plateau(...) as the learning rate, or chain '
                      'lrsched.reduce_on_plateau(...) after the optimizer')
-  # Deferred import: lrsched.optimizers imports this module.
-  from lrsched.optimizers import CaffeMomentumState
   if (any(s.config.learning_rate is None for s in states)
       and find_states(opt_state, CaffeMomentumState)):
     raise ValueError(

@@ -10,6 +10,7 @@ import numpy as np
 
 from lrsched import _base, compose, decay
 from lrsched._base import Numeric, Shape
+from lrsched._interpolate import cosine_weight
 
 MAX_RESTARTS = 10_000
 """The most restarts below step 2**31 that `sgdr` tabulates for a growing period."""
@@ -98,7 +99,7 @@ def sgdr(max_lr: Numeric, t0: int, t_mult: float = 1, min_lr: Numeric = 0.0,
   _base.check_steps('sgdr', 'warmup_steps', warmup_steps, minimum=0)
   if warmup_steps:
     restarts = sgdr(max_lr, t0, t_mult, min_lr, peak_decay)
-    return compose.warmup(restarts, warmup_steps, start_lr=min_lr).shape
+    return compose.with_warmup(restarts, warmup_steps, min_lr)
 
   if t_mult == 1:
     boundaries = tuple(k * t0 for k in range(5) if k * t0 <= _base.INT32_MAX)
@@ -137,6 +138,6 @@ def sgdr(max_lr: Numeric, t0: int, t_mult: float = 1, min_lr: Numeric = 0.0,
     # left: the fraction of the current period still to go, in (0, 1].
     period, left = locate(step)
     peak = min_lr + (max_lr - min_lr) * decay.power(peak_decay, _base.to_float(period))
-    return min_lr + (peak - min_lr) * decay.cosine_weight(left)
+    return min_lr + (peak - min_lr) * cosine_weight(left)
 
   return Shape(fn, boundaries=boundaries)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from lrsched import _base
 from lrsched._base import Numeric, Shape
-from lrsched.decay import cosine_weight, ramp
+from lrsched._interpolate import ramp
 
 WSD_DECAYS = ('linear', 'cosine', 'sqrt', 'exponential')
 """The decay shapes of `wsd`."""
@@ -84,10 +84,8 @@ def wsd(peak_lr: Numeric, total_steps: int, warmup_steps: int = 0,
     t = jnp.clip(step - decay_start, 0, decay_steps)
     done = _base.to_float(t) / decay_steps
     left = _base.to_float(decay_steps - t) / decay_steps
-    if decay == 'linear':
-      falling = ramp(peak_lr, final_lr, t, decay_steps)
-    elif decay == 'cosine':
-      falling = final_lr + (peak_lr - final_lr) * cosine_weight(left)
+    if decay in ('linear', 'cosine'):
+      falling = ramp(peak_lr, final_lr, t, decay_steps, 'linear' if decay == 'linear' else 'cos')
     elif decay == 'sqrt':
       # 1 - sqrt(u) = (1 - u) / (1 + sqrt(u)): no cancellation near the end, exactly 0 there.
       falling = final_lr + (peak_lr - final_lr) * (left / (1.0 + jnp.sqrt(done)))

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lrsched
-from lrsched import plateau
+from lrsched import states
 
 GOLDEN = json.loads(
     (pathlib.Path(__file__).parent / 'golden' / 'torch_plateau.json').read_text())['cases']
@@ -247,7 +247,7 @@ def test_inside_multisteps_and_chain():
   state = tx.init(PARAMS)
   for _ in range(3):  # micro-steps 1..3: one applied update
     _, state = tx.update(GRADS[0], state, PARAMS)
-  (_, found), = plateau.find_states(state, lrsched.PlateauState)
+  (_, found), = states.find_states(state, lrsched.PlateauState)
   assert int(found.count) == 1  # the plateau counts applied updates, not micro-steps
   state = lrsched.report_metric(lrsched.report_metric(state, 1.0), 1.0)
   _, state = tx.update(GRADS[0], state, PARAMS)  # micro-step 4: the second update
@@ -268,7 +268,7 @@ def test_state_is_a_pytree_of_arrays():
   assert all(isinstance(leaf, jax.Array) for leaf in leaves)
   again = jax.tree_util.tree_unflatten(treedef, leaves)
   assert jax.tree_util.tree_structure(again) == treedef
-  (_, a), (_, b) = plateau.find_states(again, lrsched.PlateauState)
+  (_, a), (_, b) = states.find_states(again, lrsched.PlateauState)
   assert float(a.best) == 3.0 and float(b.best) == 3.0
   # A copy made by tree_map (as checkpoint restore does) keeps the static config.
   copy = jax.tree.map(np.asarray, state)

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lrsched
-from lrsched import compose, decay, restarts
+from lrsched import _interpolate, compose, restarts
 from lrsched.restarts import sgdr
 
 INT32_MAX = 2**31 - 1
@@ -226,7 +226,7 @@ def test_float_t_mult_matches_reference_far_out():
   steps = [s + d for s in starts[-4:] for d in (-2, 0, 3)]
   np.testing.assert_allclose(sgdr(**config)(jnp.asarray(steps)),
                              [reference(s, **config) for s in steps], rtol=1e-5)
-  assert decay.cosine_weight(jnp.asarray(1.0)) == 1.0
+  assert _interpolate.cosine_weight(jnp.asarray(1.0)) == 1.0
 
 
 # --------------------------------------------------------------------------------------
