@@ -121,7 +121,7 @@ def cases() -> tuple[list[Case], list[str]]:
       # vmap: not every Optax schedule takes an array of steps.
       diff = np.abs(np.asarray(schedule(steps)) - np.asarray(jax.vmap(theirs)(steps)))
       out.append(Case(text, 'optax', hyperparam, theirs, max_abs_diff=float(np.max(diff))))
-  return out, sorted(set(lrsched.REGISTRY) - timed)
+  return out, sorted(set(lrsched.spec.REGISTRY) - timed)
 
 
 def make_update(case: Case, params: Any, k: int) -> tuple[Callable[..., Any], Any]:

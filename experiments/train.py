@@ -182,7 +182,7 @@ def _fits_run(schedule: lrsched.Schedule, total_steps: int) -> bool:
   end = schedule.total_steps
   if end is None or end == total_steps:
     return True
-  takes_length = 'total_steps' in inspect.signature(lrsched.REGISTRY[schedule.name]).parameters
+  takes_length = 'total_steps' in inspect.signature(lrsched.spec.REGISTRY[schedule.name]).parameters
   return end < total_steps and not takes_length
 
 

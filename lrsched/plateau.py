@@ -223,7 +223,7 @@ def report_metric(opt_state: optax.OptState, value: Numeric) -> optax.OptState:
   if not states:
     raise ValueError('report_metric: no plateau state in opt_state; use '
                      'lrsched.reduce_lr_on_plateau(...) as the learning rate, or chain '
-                     'lrsched.reduce_on_plateau(...) after the optimizer')
+                     'lrsched.plateau.reduce_on_plateau(...) after the optimizer')
   if (any(s.config.learning_rate is None for s in states)
       and find_states(opt_state, CaffeMomentumState)):
     raise ValueError(

@@ -9,7 +9,7 @@ A command line or a config names a schedule with the constructor call that build
         'durations=[200, 200])')
 
 A spec is read with `ast`, never evaluated: it may hold only calls to registered schedules
-(`lrsched.REGISTRY`, or an alias from `ALIASES`), numbers, strings, ``True``/``False``/
+(`REGISTRY`, or an alias from `ALIASES`), numbers, strings, ``True``/``False``/
 ``None``, ``inf``/``nan`` and lists or tuples of these. ``repr(schedule)`` is such a spec,
 so ``parse(repr(s))`` rebuilds ``s``.
 
@@ -48,6 +48,9 @@ ALIASES: Mapping[str, str] = MappingProxyType({
     'inverse_sqrt': 'rsqrt',
 })
 """Other names a spec may use for a schedule: alias -> registered name."""
+
+REGISTRY = MappingProxyType(_base.REGISTRY)
+"""Every schedule constructor by name (read-only): what a spec may call."""
 
 _CONSTANT_NAMES = MappingProxyType({'inf': math.inf, 'nan': math.nan})
 # Aliases that are not Python identifiers ('1cycle') are renamed before `ast` reads the spec.

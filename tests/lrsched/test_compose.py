@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lrsched
-from lrsched import compose, decay
+from lrsched import compose, decay, spec
 from lrsched.compose import scale_lr, sequence, to_steps, warmup
 from lrsched.restarts import sgdr
 
@@ -253,7 +253,7 @@ def test_scale_lr():
                              [0.2, 0.4], rtol=1e-6)
   swept = jax.vmap(lambda lr: scale_lr(lr, 512))(jnp.asarray([0.1, 0.3]))
   np.testing.assert_allclose(swept, [0.2, 0.6], rtol=1e-6)
-  assert 'scale_lr' not in lrsched.REGISTRY
+  assert 'scale_lr' not in spec.REGISTRY
 
 
 def test_to_steps():
@@ -319,5 +319,5 @@ def test_bad_arguments_raise(build, match):
 
 def test_public_names():
   for name in ('warmup', 'sequence'):
-    assert lrsched.REGISTRY[name] is getattr(compose, name) is getattr(lrsched, name)
+    assert spec.REGISTRY[name] is getattr(compose, name) is getattr(lrsched, name)
   assert lrsched.scale_lr is scale_lr and lrsched.to_steps is to_steps

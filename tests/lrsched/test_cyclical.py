@@ -70,7 +70,7 @@ def test_shortcuts_are_cyclic(name, kwargs):
   shortcut_kwargs = dict(base_lr=0.1, max_lr=3.0, step_size=7)
   if 'gamma' in kwargs:
     shortcut_kwargs['gamma'] = kwargs['gamma']
-  schedule = getattr(lrsched, name)(**shortcut_kwargs)
+  schedule = getattr(cyclical, name)(**shortcut_kwargs)
   reference = lrsched.cyclic(0.1, 3.0, step_size_up=7, **kwargs)
   np.testing.assert_array_equal(schedule(STEPS), reference(STEPS))
   assert repr(schedule) == f'{name}(' + ', '.join(
@@ -86,7 +86,7 @@ def test_caffe_triangular_formula():
   cycle = np.floor(1 + t / (2 * size))
   x = np.abs(t / size - 2 * cycle + 1)
   expected = base + (peak - base) * np.maximum(0, 1 - x)
-  np.testing.assert_allclose(lrsched.triangular(base, peak, size)(STEPS), expected, rtol=1e-6)
+  np.testing.assert_allclose(cyclical.triangular(base, peak, size)(STEPS), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize('window', cyclical.WINDOWS)
@@ -129,7 +129,7 @@ def test_cyclic_momentum_mirrors_the_lr():
 
 
 def test_position_is_exact_at_the_last_int32_step():
-  schedule = lrsched.triangular(0.1, 3.0, step_size=3)
+  schedule = cyclical.triangular(0.1, 3.0, step_size=3)
   position = INT32_MAX % 6  # the cycle position, computed with Python ints
   assert position == 1
   value = schedule(INT32_MAX)
@@ -142,8 +142,8 @@ def test_position_is_exact_at_the_last_int32_step():
 
 
 def test_triangular2_and_exp_range_decay_to_base_without_nan():
-  for schedule in (lrsched.triangular2(0.1, 3.0, 3), lrsched.exp_range(0.1, 3.0, 3, 0.9),
-                   lrsched.exp_range(0.1, 3.0, 3, 0.999999),
+  for schedule in (cyclical.triangular2(0.1, 3.0, 3), cyclical.exp_range(0.1, 3.0, 3, 0.9),
+                   cyclical.exp_range(0.1, 3.0, 3, 0.999999),
                    lrsched.cyclic_momentum(0.8, 0.9, 3, mode='exp_range', gamma=0.9)):
     values = np.asarray(schedule(jnp.array([10**9, 2**30, INT32_MAX])))
     assert np.all(np.isfinite(values))
@@ -152,8 +152,8 @@ def test_triangular2_and_exp_range_decay_to_base_without_nan():
 
 
 def test_exp_range_gamma_one_is_triangular():
-  np.testing.assert_allclose(lrsched.exp_range(0.1, 1.0, 5, 1.0)(STEPS),
-                             lrsched.triangular(0.1, 1.0, 5)(STEPS), rtol=1e-7)
+  np.testing.assert_allclose(cyclical.exp_range(0.1, 1.0, 5, 1.0)(STEPS),
+                             cyclical.triangular(0.1, 1.0, 5)(STEPS), rtol=1e-7)
 
 
 def _exp_range_fraction64(t, step_size, gamma):
@@ -172,7 +172,7 @@ def test_exp_range_keeps_a_python_gamma_in_float64_at_large_steps():
   # float32(0.99994) is off by 2.2e-8, which gamma**1e5 turns into a 2.3e-3 relative error.
   gamma, size = 0.99994, 2000
   fraction = _exp_range_fraction64(LATE_STEPS, size, gamma)
-  np.testing.assert_allclose(lrsched.exp_range(0.0, 1.0, size, gamma)(jnp.asarray(LATE_STEPS)),
+  np.testing.assert_allclose(cyclical.exp_range(0.0, 1.0, size, gamma)(jnp.asarray(LATE_STEPS)),
                              fraction, rtol=1e-5)
   np.testing.assert_allclose(
       lrsched.cyclic(0.0, 1.0, size, mode='exp_range', gamma=gamma)(jnp.asarray(LATE_STEPS)),
@@ -189,7 +189,7 @@ def test_exp_range_momentum_keeps_a_python_gamma_in_float64():
 
 
 def test_exp_range_array_gamma_still_works():
-  schedule = lrsched.exp_range(0.0, 1.0, 50, jnp.float32(0.99))
+  schedule = cyclical.exp_range(0.0, 1.0, 50, jnp.float32(0.99))
   np.testing.assert_allclose(schedule(jnp.arange(200)),
                              _exp_range_fraction64(np.arange(200), 50, float(np.float32(0.99))),
                              rtol=1e-5, atol=1e-12)
@@ -346,7 +346,7 @@ def test_cyclic_jit_and_vmap(config):
 ])
 def test_bad_arguments_raise(constructor, kwargs, names):
   with pytest.raises(ValueError) as error:
-    getattr(lrsched, constructor)(**kwargs)
+    getattr(cyclical, constructor)(**kwargs)
   message = str(error.value)
   assert message.startswith(constructor + ':')
   for name in names:

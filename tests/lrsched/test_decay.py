@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lrsched
-from lrsched import decay
+from lrsched import decay, spec
 
 INT32_MAX = 2**31 - 1
 GOLDEN = json.loads((pathlib.Path(__file__).parent / 'golden' / 'torch_decay.json').read_text())
@@ -26,7 +26,7 @@ def _id(case):
 
 @pytest.mark.parametrize('case', CASES, ids=_id)
 def test_matches_pytorch(case):
-  schedule = lrsched.REGISTRY[case['name']](**case['arguments'])
+  schedule = spec.REGISTRY[case['name']](**case['arguments'])
   values = schedule(jnp.asarray(case['steps'], dtype=jnp.int32))
   np.testing.assert_allclose(values, case['values'], rtol=1e-6, atol=0)
 
@@ -273,10 +273,10 @@ def test_boundaries_and_total_steps(schedule, boundaries, total_steps):
 def test_repr_rebuilds_the_schedule(family):
   constructor, kwargs = FAMILIES[family]
   schedule = constructor(**kwargs)
-  rebuilt = eval(repr(schedule), {name: getattr(lrsched, name) for name in lrsched.REGISTRY})
+  rebuilt = eval(repr(schedule), dict(spec.REGISTRY))
   assert repr(rebuilt) == repr(schedule)
   np.testing.assert_array_equal(rebuilt(STEPS), schedule(STEPS))
-  assert lrsched.REGISTRY[family.removesuffix('_staircase')] is constructor
+  assert spec.REGISTRY[family.removesuffix('_staircase')] is constructor
 
 
 def test_works_inside_inject_hyperparams():

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import lrsched
+from lrsched import lr_finder, spec
 from lrsched.lr_finder import (
   RangeTestResult,
   divergence_step,
@@ -47,8 +47,8 @@ def test_log_linear_is_geometric(init_lr, end_lr, total_steps):
 
 
 def test_log_linear_is_registered_and_vmaps_over_lrs():
-  schedule = lrsched.log_linear(1e-3, 1.0, 10)
-  assert lrsched.REGISTRY['log_linear'] is lrsched.log_linear
+  schedule = lr_finder.log_linear(1e-3, 1.0, 10)
+  assert spec.REGISTRY['log_linear'] is lr_finder.log_linear
   assert repr(schedule) == 'log_linear(init_lr=0.001, end_lr=1.0, total_steps=10)'
   inits = jnp.asarray([1e-3, 1e-2])
   got = jax.vmap(lambda lr: log_linear(lr, 1.0, 10)(5))(inits)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import lrsched
+from lrsched import cyclical
 
 PAIRS = [
     ('one_cycle(max_lr=1.0, total_steps=200)', 'one_cycle_momentum'),
@@ -54,7 +55,7 @@ def test_zero_warmup_gives_the_inner_partner():
 
 
 def test_sequence_chains_the_partners():
-  pieces = [lrsched.triangular(0.1, 1.0, 10), lrsched.triangular(0.01, 0.1, 5)]
+  pieces = [cyclical.triangular(0.1, 1.0, 10), cyclical.triangular(0.01, 0.1, 5)]
   momentum = lrsched.momentum_for(lrsched.sequence(pieces, durations=[20]))
   np.testing.assert_allclose(momentum(jnp.arange(20)),
                              lrsched.momentum_for(pieces[0])(jnp.arange(20)), rtol=1e-6)
@@ -68,7 +69,7 @@ def test_sequence_chains_the_partners():
 ])
 def test_bad_momenta(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    lrsched.momentum_for(lrsched.triangular(0.1, 1.0, 10), **kwargs)
+    lrsched.momentum_for(cyclical.triangular(0.1, 1.0, 10), **kwargs)
 
 
 def test_no_partner_for_a_decay_names_it():

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lrsched
+from lrsched import cyclical, onecycle, spec
 
 GOLDEN = pathlib.Path(__file__).parent / 'golden' / 'torch_cyclical.json'
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -127,10 +128,10 @@ def test_boundaries():
   assert lrsched.one_cycle(1.0, 100, three_phase=True).boundaries == (0, 29, 58, 99)
   assert lrsched.one_cycle(1.0, 10, pct_start=0.05).boundaries == (0, 9)
   assert lrsched.one_cycle_momentum(100).boundaries == (0, 29, 99)
-  assert lrsched.fastai_one_cycle(1.0, 100).boundaries == (0, 25, 100)
-  assert lrsched.smith_one_cycle(0.1, 1.0, 100).boundaries == (0, 45, 90, 100)
-  assert lrsched.caffe_one_cycle(0.1, 1.0, 100).boundaries == (0, 45, 90)
-  schedule = lrsched.super_convergence()
+  assert onecycle.fastai_one_cycle(1.0, 100).boundaries == (0, 25, 100)
+  assert onecycle.smith_one_cycle(0.1, 1.0, 100).boundaries == (0, 45, 90, 100)
+  assert onecycle.caffe_one_cycle(0.1, 1.0, 100).boundaries == (0, 45, 90)
+  schedule = onecycle.super_convergence()
   assert (schedule.boundaries, schedule.total_steps) == ((0, 5000, 10000), 10000)
   assert repr(schedule) == 'super_convergence(base_lr=0.1, max_lr=3.0, step_size=5000)'
 
@@ -146,19 +147,19 @@ def test_super_convergence_reproduces_the_authors_caffe_log():
     rows = [(int(r['iteration']), r['lr'].strip()) for r in csv.DictReader(f)]
   rows = [(i, lr) for i, lr in rows if lr]  # the last row (10,000) has no LR
   assert len(rows) == 100 and rows[-1][0] == 9900
-  ours = np.asarray(lrsched.super_convergence()(jnp.array([i for i, _ in rows])))
+  ours = np.asarray(onecycle.super_convergence()(jnp.array([i for i, _ in rows])))
   # Caffe prints the LR with 6 significant digits.
   printed = [float(f'{v:.6g}') for v in ours]
   assert printed == [float(lr) for _, lr in rows]
 
 
 def test_super_convergence_shape():
-  schedule = lrsched.super_convergence(0.1, 3.0, 5000)
+  schedule = onecycle.super_convergence(0.1, 3.0, 5000)
   np.testing.assert_allclose(schedule(jnp.array([0, 2500, 5000, 7500, 10_000, 10_001])),
                              [0.1, 1.55, 3.0, 1.55, 0.1, 0.1], rtol=1e-6)
   assert schedule(INT32_MAX) == schedule(10_000)
   np.testing.assert_array_equal(schedule(jnp.arange(10_000)),
-                                lrsched.triangular(0.1, 3.0, 5000)(jnp.arange(10_000)))
+                                cyclical.triangular(0.1, 3.0, 5000)(jnp.arange(10_000)))
 
 
 # Values printed by Smith's Caffe ("Iteration N, lr = ..., momentum = ...") in the logs of
@@ -182,48 +183,48 @@ CAFFE_1CYCLE = [
 
 @pytest.mark.parametrize('kwargs, lrs, momenta', CAFFE_1CYCLE)
 def test_caffe_one_cycle_reproduces_smiths_logs(kwargs, lrs, momenta):
-  schedule = lrsched.caffe_one_cycle(**kwargs)
+  schedule = onecycle.caffe_one_cycle(**kwargs)
   # 6 printed digits; the 8000 entry carries float32 cancellation from Caffe (4e-5).
   np.testing.assert_allclose(schedule(jnp.array(list(lrs))), list(lrs.values()), rtol=5e-5)
   if momenta:
-    momentum = lrsched.smith_one_cycle_momentum(kwargs['total_steps'], 0.85, 0.95,
+    momentum = onecycle.smith_one_cycle_momentum(kwargs['total_steps'], 0.85, 0.95,
                                                 kwargs['step_size'])
     np.testing.assert_allclose(momentum(jnp.array(list(momenta))), list(momenta.values()),
                                rtol=5e-6)
 
 
 def test_smith_one_cycle_shape():
-  schedule = lrsched.smith_one_cycle(0.08, 0.8, total_steps=1000, step_size=400,
+  schedule = onecycle.smith_one_cycle(0.08, 0.8, total_steps=1000, step_size=400,
                                      annihilation=1e-3)
   steps = jnp.array([0, 200, 400, 600, 800, 900, 1000, 5000])
   np.testing.assert_allclose(schedule(steps),
                              [0.08, 0.44, 0.8, 0.44, 0.08, 0.5 * (0.08 + 0.08e-3), 0.08e-3,
                               0.08e-3], rtol=1e-6)
   # Default step_size: 45% of training, leaving the last 10% for the annihilation.
-  default = lrsched.smith_one_cycle(0.08, 0.8, total_steps=1000)
+  default = onecycle.smith_one_cycle(0.08, 0.8, total_steps=1000)
   assert default.boundaries == (0, 450, 900, 1000)
   np.testing.assert_allclose(default(jnp.array([450, 900, 1000])), [0.8, 0.08, 0.08e-3],
                              rtol=1e-6)
-  momentum = lrsched.smith_one_cycle_momentum(1000, 0.85, 0.95, step_size=400)
+  momentum = onecycle.smith_one_cycle_momentum(1000, 0.85, 0.95, step_size=400)
   np.testing.assert_allclose(momentum(jnp.array([0, 200, 400, 600, 800, 900, 1000])),
                              [0.95, 0.9, 0.85, 0.9, 0.95, 0.95, 0.95], rtol=1e-6)
 
 
 @pytest.mark.parametrize('total_steps', [1, 2, 3, 4])
 def test_smith_and_caffe_tiny_configurations(total_steps):
-  for schedule in (lrsched.smith_one_cycle(0.1, 1.0, total_steps),
-                   lrsched.caffe_one_cycle(0.1, 1.0, total_steps),
-                   lrsched.smith_one_cycle(0.1, 1.0, total_steps, step_size=total_steps // 2),
-                   lrsched.smith_one_cycle_momentum(total_steps),
-                   lrsched.fastai_one_cycle(1.0, total_steps),
-                   lrsched.fastai_one_cycle(1.0, total_steps, pct_start=1.0),
-                   lrsched.fastai_one_cycle_momentum(total_steps, pct_start=0.0)):
+  for schedule in (onecycle.smith_one_cycle(0.1, 1.0, total_steps),
+                   onecycle.caffe_one_cycle(0.1, 1.0, total_steps),
+                   onecycle.smith_one_cycle(0.1, 1.0, total_steps, step_size=total_steps // 2),
+                   onecycle.smith_one_cycle_momentum(total_steps),
+                   onecycle.fastai_one_cycle(1.0, total_steps),
+                   onecycle.fastai_one_cycle(1.0, total_steps, pct_start=1.0),
+                   onecycle.fastai_one_cycle_momentum(total_steps, pct_start=0.0)):
     values = np.asarray(schedule(jnp.arange(-1, 8)))
     assert np.all(np.isfinite(values)) and values.min() >= 0 and values.max() <= 1.0, schedule
 
 
 def test_smith_drops_at_the_end_when_the_cycle_fills_training():
-  schedule = lrsched.smith_one_cycle(0.1, 1.0, total_steps=10, step_size=5, annihilation=0.01)
+  schedule = onecycle.smith_one_cycle(0.1, 1.0, total_steps=10, step_size=5, annihilation=0.01)
   np.testing.assert_allclose(schedule(jnp.array([0, 5, 9, 10, 11])),
                              [0.1, 1.0, 0.1 + 0.9 / 5, 0.001, 0.001], rtol=1e-6)
 
@@ -246,8 +247,8 @@ def fastai_combined_cos(pos, pct, start, middle, end):
     (1, 0.25, 25.0, 1e5), (2, 0.5, 25.0, 1e5),
 ])
 def test_fastai_one_cycle_matches_fastai(total_steps, pct_start, div, div_final):
-  schedule = lrsched.fastai_one_cycle(0.5, total_steps, pct_start, div, div_final)
-  momentum = lrsched.fastai_one_cycle_momentum(total_steps, 0.85, 0.95, pct_start)
+  schedule = onecycle.fastai_one_cycle(0.5, total_steps, pct_start, div, div_final)
+  momentum = onecycle.fastai_one_cycle_momentum(total_steps, 0.85, 0.95, pct_start)
   steps = np.arange(total_steps + 1)  # fastai's position t / T reaches 1 at step T
   expected = [fastai_combined_cos(t / total_steps, pct_start, 0.5 / div, 0.5, 0.5 / div_final)
               for t in steps]
@@ -259,7 +260,7 @@ def test_fastai_one_cycle_matches_fastai(total_steps, pct_start, div, div_final)
 
 def test_fastai_momentum_is_not_torch_momentum():
   """Why fastai_one_cycle_momentum exists: torch's phase ends are pT - 1 and T - 1."""
-  fastai = lrsched.fastai_one_cycle_momentum(100)(jnp.arange(100))
+  fastai = onecycle.fastai_one_cycle_momentum(100)(jnp.arange(100))
   torch_like = lrsched.one_cycle_momentum(100, pct_start=0.25, anneal='cos')(jnp.arange(100))
   assert np.abs(np.asarray(fastai) - np.asarray(torch_like)).max() > 1e-3
 
@@ -325,7 +326,7 @@ def one_cycle_momentum_cases(draw):
 def super_convergence_cases(draw):
   base, amplitude, size = draw(lrs), draw(lrs), draw(st.integers(1, 500))
   peak = f32(base + amplitude)
-  return Case(lambda m: lrsched.super_convergence(base, m, size), peak, base, peak, 2 * size,
+  return Case(lambda m: onecycle.super_convergence(base, m, size), peak, base, peak, 2 * size,
               (peak - base) / size, N)
 
 
@@ -338,7 +339,7 @@ def smith_cases(draw):
   peak = f32(base + amplitude)
   slope = max((peak - base) / s if s else 0.0,
               base * (1 - annihilation) / (total - 2 * s) if total > 2 * s else 0.0)
-  return Case(lambda m: lrsched.smith_one_cycle(base, m, total, size, annihilation), peak,
+  return Case(lambda m: onecycle.smith_one_cycle(base, m, total, size, annihilation), peak,
               base * annihilation, peak, total, slope, total if 2 * s == total else N)
 
 
@@ -347,7 +348,7 @@ def smith_momentum_cases(draw):
   (base, top), total = draw(momenta()), draw(totals)
   size = draw(st.one_of(st.none(), st.integers(0, total // 2)))
   s = int(0.45 * total) if size is None else size
-  return Case(lambda m: lrsched.smith_one_cycle_momentum(total, base, m, size), top, base, top,
+  return Case(lambda m: onecycle.smith_one_cycle_momentum(total, base, m, size), top, base, top,
               2 * s, (top - base) / s if s else 0.0, N)
 
 
@@ -358,7 +359,7 @@ def caffe_cases(draw):
   annihilation = draw(st.floats(0.0, 1.0))
   s = int(0.45 * total) if size is None else size
   peak = f32(base + amplitude)
-  return Case(lambda m: lrsched.caffe_one_cycle(base, m, total, size, annihilation), peak,
+  return Case(lambda m: onecycle.caffe_one_cycle(base, m, total, size, annihilation), peak,
               0.0, peak, 2 * s, peak / s if s else 0.0, 2 * s)  # drops at step 2S
 
 
@@ -368,7 +369,7 @@ def fastai_cases(draw):
   div, div_final = draw(st.floats(1.0, 100.0)), draw(st.floats(1.0, 1e5))
   knots = [0.0, pct * total, float(total)]
   slope = _phase_slope(knots, [peak / div, peak, peak / div_final], 'cos')
-  return Case(lambda m: lrsched.fastai_one_cycle(m, total, pct, div, div_final), peak,
+  return Case(lambda m: onecycle.fastai_one_cycle(m, total, pct, div, div_final), peak,
               min(peak / div, peak / div_final), peak, total, slope,
               total if pct == 1 else N)  # pct_start=1 drops at step T
 
@@ -377,7 +378,7 @@ def fastai_cases(draw):
 def fastai_momentum_cases(draw):
   (base, top), total, pct = draw(momenta()), draw(totals), draw(fractions)
   slope = _phase_slope([0.0, pct * total, float(total)], [top, base, top], 'cos')
-  return Case(lambda m: lrsched.fastai_one_cycle_momentum(total, base, m, pct), top, base, top,
+  return Case(lambda m: onecycle.fastai_one_cycle_momentum(total, base, m, pct), top, base, top,
               total, slope, total if pct == 1 else N)
 
 
@@ -464,7 +465,7 @@ def test_jit_and_vmap(case):
 ])
 def test_bad_arguments_raise(constructor, kwargs, names):
   with pytest.raises(ValueError) as error:
-    getattr(lrsched, constructor)(**kwargs)
+    getattr(onecycle, constructor)(**kwargs)
   message = str(error.value)
   assert message.startswith(constructor + ':')
   for name in names:
@@ -481,16 +482,16 @@ def test_all_constructors_are_registered():
            'smith_one_cycle_momentum', 'caffe_one_cycle', 'fastai_one_cycle',
            'fastai_one_cycle_momentum']
   for name in names:
-    assert lrsched.REGISTRY[name] is getattr(lrsched, name)
+    assert spec.REGISTRY[name] is getattr(onecycle, name)
   for a, b in itertools.combinations(names, 2):
-    assert lrsched.REGISTRY[a] is not lrsched.REGISTRY[b]
+    assert spec.REGISTRY[a] is not spec.REGISTRY[b]
 
 
 @pytest.mark.parametrize('pct', [5e-324, 1e-40, 1e-20, 1e-8])
 @pytest.mark.parametrize('build', [
-    lambda pct: lrsched.fastai_one_cycle_momentum(1, 0.85, 0.95, pct),
-    lambda pct: lrsched.fastai_one_cycle(1.0, 1, pct),
-    lambda pct: lrsched.fastai_one_cycle(1.0, 10, pct),
+    lambda pct: onecycle.fastai_one_cycle_momentum(1, 0.85, 0.95, pct),
+    lambda pct: onecycle.fastai_one_cycle(1.0, 1, pct),
+    lambda pct: onecycle.fastai_one_cycle(1.0, 10, pct),
     lambda pct: lrsched.one_cycle(1.0, 10, pct_start=pct),
     lambda pct: lrsched.one_cycle_momentum(10, pct_start=pct, three_phase=True),
 ])

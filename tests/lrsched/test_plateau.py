@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lrsched
-from lrsched import states
+from lrsched import plateau, states
 
 GOLDEN = json.loads(
     (pathlib.Path(__file__).parent / 'golden' / 'torch_plateau.json').read_text())['cases']
@@ -85,7 +85,7 @@ def test_transform_form_matches_torch(name):
   if min_scale > 1:
     pytest.skip('min_lr above the LR: no multiplier floor expresses it')
   eps = kwargs.pop('eps', 1e-8) / lr0
-  tx = lrsched.reduce_on_plateau(**kwargs, min_scale=min_scale, eps=eps)
+  tx = plateau.reduce_on_plateau(**kwargs, min_scale=min_scale, eps=eps)
   scale, bad, _ = _replay(tx.init({'w': jnp.zeros(2)}), _metrics(case))
   np.testing.assert_allclose(lr0 * np.asarray(scale), case['lr_after'], rtol=2e-6)
   np.testing.assert_array_equal(bad, case['num_bad_epochs'])
@@ -144,7 +144,7 @@ def test_matches_pytorch_transcription(config, as_transform, metrics):
   if as_transform:
     kwargs = dict(config)
     min_scale = kwargs.pop('min_lr', 0.0)
-    state = lrsched.reduce_on_plateau(**kwargs, min_scale=min_scale).init(())
+    state = plateau.reduce_on_plateau(**kwargs, min_scale=min_scale).init(())
   else:
     state = lrsched.reduce_lr_on_plateau(1.0, **config).init()
   scale = np.asarray(_replay(state, jnp.asarray(metrics, jnp.float32))[0])
@@ -157,7 +157,7 @@ def test_matches_pytorch_transcription(config, as_transform, metrics):
 @given(metrics=st.lists(st.floats(width=32), min_size=16,
                         max_size=16))
 def test_scale_never_below_min_scale(metrics):
-  tx = lrsched.reduce_on_plateau(factor=0.3, patience=0, min_scale=0.05)
+  tx = plateau.reduce_on_plateau(factor=0.3, patience=0, min_scale=0.05)
   scale = np.asarray(_replay(tx.init(()), jnp.asarray(metrics, jnp.float32))[0])
   assert np.all(scale >= np.float32(0.05)) and np.all(np.diff(scale) <= 0)
   assert np.all(np.isfinite(scale))
@@ -213,9 +213,9 @@ HALVED = optax.piecewise_constant_schedule(0.1, {4: 0.5})
     lambda lr: lrsched.sgd(lr, momentum=0.9, weight_decay=1e-2, decoupled_weight_decay=True),
 ], ids=['optax.adam', 'adamw', 'sgd', 'sgd_decoupled'])
 def test_transform_equals_lr_reduction_when_lr_applied_last(make):
-  tx = optax.chain(make(0.1), lrsched.reduce_on_plateau(factor=0.5, patience=0))
+  tx = optax.chain(make(0.1), plateau.reduce_on_plateau(factor=0.5, patience=0))
   got = _run(tx, PARAMS, GRADS, REPORT_AT, METRICS)
-  want = _run(optax.chain(make(HALVED), lrsched.reduce_on_plateau()), PARAMS, GRADS,
+  want = _run(optax.chain(make(HALVED), plateau.reduce_on_plateau()), PARAMS, GRADS,
               REPORT_AT, METRICS)
   for g, w in zip(got, want, strict=True):
     np.testing.assert_allclose(g['w'], w['w'], rtol=1e-5, atol=1e-7)
@@ -235,7 +235,7 @@ def test_lr_in_velocity_reduced_through_the_lr(make):
   for g, w in zip(got, want, strict=True):
     np.testing.assert_allclose(g['w'], w['w'], rtol=1e-5, atol=1e-7)
   # Scaling the updates instead would differ, which is why it is rejected:
-  tx = optax.chain(make(0.1), lrsched.reduce_on_plateau(factor=0.5, patience=0))
+  tx = optax.chain(make(0.1), plateau.reduce_on_plateau(factor=0.5, patience=0))
   with pytest.raises(ValueError, match='reduce_lr_on_plateau'):
     _run(tx, PARAMS, GRADS, REPORT_AT, METRICS)
 
@@ -247,7 +247,7 @@ def test_inside_multisteps_and_chain():
   state = tx.init(PARAMS)
   for _ in range(3):  # micro-steps 1..3: one applied update
     _, state = tx.update(GRADS[0], state, PARAMS)
-  (_, found), = states.find_states(state, lrsched.PlateauState)
+  (_, found), = states.find_states(state, plateau.PlateauState)
   assert int(found.count) == 1  # the plateau counts applied updates, not micro-steps
   state = lrsched.report_metric(lrsched.report_metric(state, 1.0), 1.0)
   _, state = tx.update(GRADS[0], state, PARAMS)  # micro-step 4: the second update
@@ -262,13 +262,13 @@ def test_inside_multisteps_and_chain():
 
 def test_state_is_a_pytree_of_arrays():
   tx = optax.chain(lrsched.sgd(lrsched.reduce_lr_on_plateau(0.1), momentum=0.9),
-                   lrsched.reduce_on_plateau())
+                   plateau.reduce_on_plateau())
   state = lrsched.report_metric(tx.init(PARAMS), 3.0)
   leaves, treedef = jax.tree_util.tree_flatten(state)
   assert all(isinstance(leaf, jax.Array) for leaf in leaves)
   again = jax.tree_util.tree_unflatten(treedef, leaves)
   assert jax.tree_util.tree_structure(again) == treedef
-  (_, a), (_, b) = states.find_states(again, lrsched.PlateauState)
+  (_, a), (_, b) = states.find_states(again, plateau.PlateauState)
   assert float(a.best) == 3.0 and float(b.best) == 3.0
   # A copy made by tree_map (as checkpoint restore does) keeps the static config.
   copy = jax.tree.map(np.asarray, state)
@@ -314,7 +314,7 @@ def test_orbax_round_trip(tmp_path):
 ])
 def test_reduce_on_plateau_rejects(kwargs, name):
   with pytest.raises(ValueError, match=rf'reduce_on_plateau: .*\b{name}\b'):
-    lrsched.reduce_on_plateau(**kwargs)
+    plateau.reduce_on_plateau(**kwargs)
 
 
 @pytest.mark.parametrize('kwargs, name', [
@@ -333,7 +333,7 @@ def test_reduce_lr_on_plateau_rejects(kwargs, name):
 def test_report_metric_rejects():
   with pytest.raises(ValueError, match='no plateau state'):
     lrsched.report_metric(lrsched.sgd(0.1).init(PARAMS), 1.0)
-  state = lrsched.reduce_on_plateau().init(PARAMS)
+  state = plateau.reduce_on_plateau().init(PARAMS)
   with pytest.raises(ValueError, match='value must be a scalar'):
     lrsched.report_metric(state, jnp.ones(2))
   with pytest.raises(TypeError, match='stateful learning rate'):

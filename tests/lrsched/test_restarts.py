@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lrsched
-from lrsched import _interpolate, compose, restarts
+from lrsched import _interpolate, compose, restarts, spec
 from lrsched.restarts import sgdr
 
 INT32_MAX = 2**31 - 1
@@ -181,7 +181,7 @@ def test_repr_and_registry():
   schedule = sgdr(0.1, 10, 2, min_lr=0.001)
   assert repr(schedule) == ('sgdr(max_lr=0.1, t0=10, t_mult=2, min_lr=0.001, peak_decay=1.0, '
                             'warmup_steps=0)')
-  assert lrsched.REGISTRY['sgdr'] is sgdr is lrsched.sgdr
+  assert spec.REGISTRY['sgdr'] is sgdr is lrsched.sgdr
   rebuilt = eval(repr(schedule), {'sgdr': sgdr})
   np.testing.assert_array_equal(rebuilt(jnp.arange(50)), schedule(jnp.arange(50)))
 

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import lrsched
-from lrsched import spec
+from lrsched import cyclical, spec
 
 # One example per registered schedule (and a few variants). A row whose schedules are not
 # all registered is skipped; `test_every_registered_schedule_has_an_example` makes sure no
@@ -57,7 +57,7 @@ def _names(text):
 
 
 def _skip_unregistered(text):
-  missing = sorted(_names(text) - set(lrsched.REGISTRY))
+  missing = sorted(_names(text) - set(spec.REGISTRY))
   if missing:
     pytest.skip(f'not registered yet: {", ".join(missing)}')
 
@@ -89,7 +89,7 @@ def _example(name):
 
 def test_every_registered_schedule_has_an_example():
   covered = set().union(*(_names(text) for text in EXAMPLES))
-  missing = sorted(set(lrsched.REGISTRY) - covered)
+  missing = sorted(set(spec.REGISTRY) - covered)
   assert not missing, f'add a row to EXAMPLES for {missing}'
 
 
@@ -216,8 +216,8 @@ def test_nested_schedules_and_lists():
   _skip_unregistered(text)
   schedule = spec.parse(text)
   first, second = schedule.arguments['schedules']
-  assert repr(first) == repr(lrsched.triangular(0.1, 1.0, 100))
-  assert repr(second) == repr(lrsched.triangular(0.01, 0.1, 100))
+  assert repr(first) == repr(cyclical.triangular(0.1, 1.0, 100))
+  assert repr(second) == repr(cyclical.triangular(0.01, 0.1, 100))
   assert schedule.arguments['durations'] == [200, 200]
 
 
@@ -261,10 +261,10 @@ def test_unknown_name_lists_the_valid_names_and_suggests():
   message = str(info.value)
   assert message.startswith("unknown schedule 'cosin'; did you mean 'cosine'?")
   assert '  cosin(lr=0.1, total_steps=10)\n  ^^^^^\n' in message
-  for name in lrsched.REGISTRY:
+  for name in spec.REGISTRY:
     assert name in message
   for alias, target in spec.ALIASES.items():
-    if target in lrsched.REGISTRY:
+    if target in spec.REGISTRY:
       assert f'{alias} -> {target}' in message
 
 
