@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests.xla_flags import with_devices
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'benchmarks', 'gpu_run.py')
 
@@ -16,7 +18,7 @@ def gpu_run(out, work, *extra):
   return subprocess.run([sys.executable, SCRIPT, '--tiny', f'--out={out}', f'--workdir={work}',
                          *extra], cwd=ROOT, capture_output=True, text=True, timeout=600,
                         # One CPU device, as the one GPU the script is written for.
-                        env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''})
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': with_devices(None)})
 
 
 @pytest.fixture(scope='module')

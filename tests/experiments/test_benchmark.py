@@ -16,6 +16,7 @@ import pytest
 
 from experiments import benchmark, data, models, parallel, train
 from experiments.config import Config
+from tests.xla_flags import with_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HAS_TORCH = importlib.util.find_spec('torch') is not None
@@ -35,7 +36,7 @@ TORCH_FIELDS = ('model', 'parameters', 'batch_size', 'precision', 'images_per_se
 def _run(args, timeout=300):
   # Two CPU devices: the data-parallel path, and flops summed over devices.
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+         'XLA_FLAGS': with_devices(2)}
   return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                         timeout=timeout, env=env)
 

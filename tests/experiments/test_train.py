@@ -19,6 +19,7 @@ import pytest
 from experiments import data, parallel, train
 from experiments.config import Config, ConfigError
 from experiments.metrics import Progress
+from tests.xla_flags import with_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -374,39 +375,19 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_over_loopback_match_one_process(tmp_path):
-  """2 processes x 2 CPU devices (gloo collectives) == 1 process x 4 devices."""
-  args = ['--dataset=synthetic', '--model=resnet8', '--steps=3', '--batch_size=32',
-          '--synthetic_examples=256', '--schedule=one_cycle(max_lr=0.2)', '--momentum=0.9',
-          '--bn_group_size=4', '--eval_every=3', '--checkpoint_every=3']
-  port = _free_port()
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
-  procs = [subprocess.Popen(
-      [sys.executable, '-m', 'experiments.cifar', *args, f'--workdir={tmp_path / "multi"}',
-       '--distributed', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-       f'--process_id={i}'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=400) for p in procs]
-  for p, (_, err) in zip(procs, outputs, strict=True):
-    assert p.returncode == 0, err[-3000:]
-  summary = json.load(open(tmp_path / 'multi' / 'summary.json'))
-  assert summary['device_count'] == 4 and summary['process_count'] == 2
-  train.train_and_evaluate(tiny(tmp_path / 'single', steps=3), devices=jax.devices()[:4])
-  assert_trees_equal(final_params(tmp_path / 'multi'), final_params(tmp_path / 'single'),
-                     rtol=2e-4, atol=2e-6)
-
-
-def test_a_signal_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
-  """SIGTERM to process 1 only: the hosts agree at the next sync point, both save the same
-  step and exit cleanly, and the same command resumes both."""
+def test_two_processes_stop_together_on_one_signal_resume_and_match_one_process(tmp_path):
+  """2 processes x 2 CPU devices (gloo collectives). SIGTERM to process 1 only: the hosts
+  agree at the next sync point, both save the same step and exit cleanly, the same command
+  resumes both, and the run ends as 1 process x 4 devices does uninterrupted."""
   workdir = tmp_path / 'multi'
-  args = ['--dataset=synthetic', '--model=resnet8', '--steps=100', '--batch_size=32',
-          '--synthetic_examples=256', '--schedule=one_cycle(max_lr=0.2)', '--momentum=0.9',
-          '--bn_group_size=4', '--eval_every=50', '--checkpoint_every=10', '--log_every=5',
+  # At a small constant LR, as in test_one_and_four_devices_give_the_same_result: the
+  # order of the cross-device sums differs, and a large LR amplifies that chaotically.
+  args = ['--dataset=synthetic', '--model=resnet8', '--steps=20', '--batch_size=32',
+          '--synthetic_examples=256', '--schedule=constant(lr=0.01)', '--momentum=0.9',
+          '--bn_group_size=4', '--eval_every=10', '--checkpoint_every=5', '--log_every=5',
           f'--workdir={workdir}']
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+         'XLA_FLAGS': with_devices(2)}
 
   def launch():
     port = _free_port()
@@ -418,7 +399,7 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
 
   procs = launch()
   deadline = time.time() + 300
-  while not (workdir / 'checkpoints' / '10').exists():  # training is under way
+  while not (workdir / 'checkpoints' / '5').exists():  # training is under way
     assert time.time() < deadline and all(p.poll() is None for p in procs)
     time.sleep(0.05)
   procs[1].send_signal(signal.SIGTERM)
@@ -435,8 +416,14 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
   for p, (_, err) in zip(procs, [p.communicate(timeout=400) for p in procs], strict=True):
     assert p.returncode == 0, err[-3000:]
   summary = json.load(open(workdir / 'summary.json'))
-  assert summary['status'] == 'finished' and summary['steps'] == 100
+  assert summary['status'] == 'finished' and summary['steps'] == 20
   assert summary['resumed_from_step'] == stops[0]
+  assert summary['device_count'] == 4 and summary['process_count'] == 2
+  single = tiny(tmp_path / 'single', steps=20, schedule='constant(lr=0.01)', eval_every=10,
+                checkpoint_every=5, log_every=5)
+  train.train_and_evaluate(single, devices=jax.devices()[:4])
+  assert_trees_equal(final_params(workdir), final_params(tmp_path / 'single'),
+                     rtol=2e-4, atol=1e-5)
 
 
 def test_cli_acknowledges_a_stop_at_once_and_a_repeated_sigterm_loses_nothing(tmp_path):
