@@ -65,7 +65,7 @@ def ramp(start: Any, end: Any, step: jax.Array, length: int,
                _base.to_float(length - t) / length)
 
 
-def full(value: Any, step: jax.Array) -> jax.Array:
+def _full(value: Any, step: jax.Array) -> jax.Array:
   """A hyper-parameter (maybe a tracer) as a float array of the step's shape."""
   return _base.to_float(jnp.zeros_like(step)) + value
 
@@ -98,7 +98,7 @@ def _segment(step: jax.Array, start: float, end: float, kind: str, first: Any,
   if length <= 0:
     # Only the last segment gets here with zero length (`piecewise` skips the others):
     # the value is its end, the limit of the value as the segment shrinks to nothing.
-    return full(last, step)
+    return _full(last, step)
   # The length floored at float32's smallest normal: a segment of, say, 1e-40 steps (a
   # tiny pct_start) is a denormal in float32, which XLA flushes to zero (0/0 = NaN).
   done = jnp.clip(_offset(step, start) / max(length, _F32_TINY), 0.0, 1.0)
