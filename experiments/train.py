@@ -7,6 +7,7 @@ data-parallel over every device (`experiments.parallel`), evaluates, logs and ch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -28,16 +29,17 @@ import optax
 import lrsched
 from experiments import data, models, parallel
 from experiments.checkpoint import Checkpointer, abstract_like
-from experiments.config import (
-    Config,
-    ConfigError,
-    Phase,
-    examples_at,
-    first_step_reaching,
-    phase_index,
-    resolve_phases,
-)
+from experiments.config import Config, ConfigError
 from experiments.metrics import MetricWriter, Progress
+from experiments.phases import (
+  BatchScaledSchedule,
+  Phase,
+  check_dispatch,
+  examples_at,
+  first_step_reaching,
+  phase_index,
+  resolve_phases,
+)
 from lrsched.states import find_states
 
 log = logging.getLogger(__name__)
@@ -98,25 +100,6 @@ class Plan:
     """The first step after ``step`` at which another whole epoch has been seen."""
     epochs_done = self.examples_at(step) // self.train_size
     return first_step_reaching(self.phases, (epochs_done + 1) * self.train_size)
-
-
-class BatchScaledSchedule:
-  """``schedule(t) * factor_k`` for the batch phase k of step t (`Config.batch_lr_scaling`)."""
-
-  def __init__(self, schedule: lrsched.Schedule, phases: tuple[Phase, ...], rule: str):
-    self.schedule, self.rule = schedule, rule
-    self.starts = np.asarray([p.first_step for p in phases], np.int32)
-    self.factors = np.asarray([p.lr_factor for p in phases], np.float32)
-
-  def __call__(self, step: Any) -> jax.Array:
-    step = jnp.asarray(step)
-    phase = jnp.searchsorted(jnp.asarray(self.starts), step, side='right') - 1
-    return self.schedule(step) * jnp.asarray(self.factors)[phase]
-
-  def __repr__(self) -> str:
-    factors = ', '.join(f'{f:.6g}' for f in self.factors)
-    starts = ', '.join(str(s) for s in self.starts)
-    return f'{self.schedule!r} x {self.rule} batch scaling [{factors}] from steps [{starts}]'
 
 
 # --------------------------------------------------------------------------------------
@@ -281,25 +264,28 @@ def nominal_train_size(config: Config) -> int:
   return config.synthetic_examples if config.dataset == 'synthetic' else 50_000
 
 
-def plan(config: Config, train_size: int, num_devices: int) -> Plan:
-  """Checks everything about ``config`` that needs no data and no compilation.
-
-  Raises ConfigError; `train_and_evaluate` calls it, and `experiments.compare` calls it for
-  every arm before the first one trains.
-  """
+def check_config(config: Config, num_devices: int) -> None:
+  """Every check of ``config`` that needs neither the data nor a compilation; ConfigError."""
   config.validate()
   if config.dataset not in data.DATASETS:
     raise ConfigError(f'unknown --dataset={config.dataset!r}; valid: {", ".join(data.DATASETS)}')
   check_devices(config, num_devices)
+
+
+def plan(config: Config, train_size: int, num_devices: int) -> Plan:
+  """Checks ``config`` (`check_config`) and resolves it against the training-set size.
+
+  Raises ConfigError; `experiments.compare` calls it for every arm before the first one
+  trains.
+  """
+  check_config(config, num_devices)
+  return _resolve(config, train_size, num_devices)
+
+
+def _resolve(config: Config, train_size: int, num_devices: int) -> Plan:
+  """`plan` for a checked config: the phases, schedules and optimizer (ConfigError)."""
   phases, total_steps = resolve_phases(config, train_size)
-  k = config.steps_per_dispatch
-  for ph in phases:
-    if ph.first_step % k:
-      raise ConfigError(
-          f'--steps_per_dispatch={k} does not divide step {ph.first_step}, where the batch '
-          f'size becomes {ph.batch_size} (--batch_schedule): each phase is a program of its '
-          'own, and a shorter dispatch before its start would compile one more; use '
-          '--steps_per_dispatch=1, or a K that divides the phase starts')
+  check_dispatch(phases, config.steps_per_dispatch)
   lr, momentum = build_schedules(config, total_steps)
   if len(phases) > 1 and config.batch_lr_scaling != 'none':
     lr = BatchScaledSchedule(lr, phases, config.batch_lr_scaling)
@@ -467,6 +453,50 @@ class StopRequest:
     return flag
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """A run checked against its workdir, data and devices, before anything compiles."""
+
+  config: Config
+  workdir: str
+  devices: list[jax.Device]
+  model: Any
+  dtype: Any
+  dataset: data.Dataset
+  data_used: dict[str, Any]  # the data's fingerprint (`data_record`)
+  plan: Plan
+  parent: tuple[str, int] | None  # --init_from as (workdir, step)
+
+
+def prepare(config: Config, devices: list[jax.Device] | None = None) -> Setup:
+  """Checks ``config`` once, in the order that fails fastest (flags, devices, workdir and
+  parent before the data loads; then the data and the run's length), and resolves it.
+
+  ``devices``: the replicas' devices; default every device of the job (all hosts).
+  Raises ConfigError with a one-line message.
+  """
+  workdir = config.workdir or config.default_workdir
+  devices = jax.devices() if devices is None else list(devices)
+  check_config(config, len(devices))
+  check_workdir(workdir)
+  check_resumable(config, workdir)
+  parent = check_parent(config, workdir)
+  model = build_model(config)  # before loading the data, so that a typo fails at once
+  dataset = data.load(config.dataset, config.data_dir, train_examples=config.train_examples,
+                      seed=config.seed,
+                      synthetic_size=(config.synthetic_examples, config.synthetic_examples // 5))
+  data_used = data_record(dataset)
+  check_same_data(workdir, data_used)
+  p = _resolve(config, len(dataset.train_labels), len(devices))
+  if parent is not None:
+    if parent[1] >= p.total_steps:
+      raise ConfigError(f'--init_from={config.init_from}: the branch has {p.total_steps} '
+                        f'steps, so it cannot start at step {parent[1]}; give more --steps')
+    check_same_data(parent[0], data_used)
+  return Setup(config, workdir, devices, model, compute_dtype(config), dataset, data_used, p,
+               parent)
+
+
 def train_and_evaluate(config: Config, *, command: str | None = None,
                        devices: list[jax.Device] | None = None) -> dict[str, Any]:
   """Runs (or resumes) the training described by ``config``; returns the summary.
@@ -474,33 +504,13 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   ``devices``: the replicas' devices; default every device of the job (all hosts).
   """
   start_time = time.time()
-  config.validate()
-  workdir = config.workdir or config.default_workdir
+  setup = prepare(config, devices)
+  workdir, devices, model, dtype = setup.workdir, setup.devices, setup.model, setup.dtype
+  dataset, data_used, p, parent = setup.dataset, setup.data_used, setup.plan, setup.parent
   is_primary = jax.process_index() == 0
-  devices = jax.devices() if devices is None else list(devices)
   num_devices = len(devices)
-  check_devices(config, num_devices)
-  if config.dataset not in data.DATASETS:
-    raise ConfigError(f'unknown --dataset={config.dataset!r}; valid: {", ".join(data.DATASETS)}')
-  check_workdir(workdir)
-  check_resumable(config, workdir)
-  parent = check_parent(config, workdir)
-  model = build_model(config)  # before loading the data, so that a typo fails at once
-  dtype = compute_dtype(config)
-
-  dataset = data.load(config.dataset, config.data_dir, train_examples=config.train_examples,
-                      seed=config.seed,
-                      synthetic_size=(config.synthetic_examples, config.synthetic_examples // 5))
-  data_used = data_record(dataset)
-  check_same_data(workdir, data_used)
-  train_size = len(dataset.train_labels)
-  p = plan(config, train_size, num_devices)
+  train_size = p.train_size
   total_steps, lr_schedule, momentum = p.total_steps, p.lr_schedule, p.momentum
-  if parent is not None:
-    if parent[1] >= total_steps:
-      raise ConfigError(f'--init_from={config.init_from}: the branch has {total_steps} steps, '
-                        f'so it cannot start at step {parent[1]}; give more --steps')
-    check_same_data(parent[0], data_used)
   log.info('%s: %d train / %d test examples, %d steps (%.1f epochs), %d devices (%s)',
            dataset.source, train_size, len(dataset.test_labels), total_steps,
            p.epoch_at(total_steps), num_devices, devices[0].device_kind)
@@ -524,224 +534,223 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   mesh = parallel.make_mesh(devices)
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
   state = create_state(model, p.tx, mesh, init_key, p.local_batches[0])
-  checkpointer = Checkpointer(workdir, config.keep_checkpoints)
-  restored = checkpointer.restore_latest(abstract_like(state))
-  start_step = 0
-  if restored is not None:
-    state, start_step = restored
-    log.info('resumed from the checkpoint at step %d in %s', start_step, workdir)
-  elif checkpointer.set_aside:
-    log.warning('no readable checkpoint in %s (set aside: %s): training from step 0',
-                checkpointer.directory, ', '.join(checkpointer.set_aside))
-  if restored is None and parent is not None:
-    # A branch: the parent's state at its step, then this run's schedule from there on.
-    parent_checkpoints = Checkpointer(parent[0], config.keep_checkpoints)
-    try:
-      state = parent_checkpoints.restore(
-          parent[1], abstract_like(state),
-          f'--init_from={config.init_from} needs the same model and optimizer state')
-    finally:
-      parent_checkpoints.close()
-    start_step = parent[1]
-    log.info('branched off %s at step %d', parent[0], start_step)
-  writer = MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
-  saved_record = checkpointer.record(start_step) if restored is not None else {}
-  if len(writer.evaluations) < saved_record.get('evaluations', 0):
-    log.warning('%s holds %d evaluations up to step %d, the checkpoint counted %d: rows were '
-                'lost; best_test_accuracy still counts them (from the checkpoint)',
-                writer.path, len(writer.evaluations), start_step, saved_record['evaluations'])
-  if is_primary:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json())
-    with open(os.path.join(workdir, DATA_FILE), 'w') as f:
-      json.dump(data_used, f, indent=2)
+  # The writer and checkpointer are closed however the run ends (finished, stopped, or
+  # an error such as TrainingDiverged); the final path closes the checkpointer first so
+  # that its saves are on disk before summary.json says the run finished.
+  with contextlib.ExitStack() as resources:
+    checkpointer = Checkpointer(workdir, config.keep_checkpoints)
+    resources.callback(checkpointer.close)
+    restored = checkpointer.restore_latest(abstract_like(state))
+    start_step = 0
+    if restored is not None:
+      state, start_step = restored
+      log.info('resumed from the checkpoint at step %d in %s', start_step, workdir)
+    elif checkpointer.set_aside:
+      log.warning('no readable checkpoint in %s (set aside: %s): training from step 0',
+                  checkpointer.directory, ', '.join(checkpointer.set_aside))
+    if restored is None and parent is not None:
+      # A branch: the parent's state at its step, then this run's schedule from there on.
+      parent_checkpoints = Checkpointer(parent[0], config.keep_checkpoints)
+      try:
+        state = parent_checkpoints.restore(
+            parent[1], abstract_like(state),
+            f'--init_from={config.init_from} needs the same model and optimizer state')
+      finally:
+        parent_checkpoints.close()
+      start_step = parent[1]
+      log.info('branched off %s at step %d', parent[0], start_step)
+    writer = MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
+    resources.callback(writer.close)
+    saved_record = checkpointer.record(start_step) if restored is not None else {}
+    if len(writer.evaluations) < saved_record.get('evaluations', 0):
+      log.warning('%s holds %d evaluations up to step %d, the checkpoint counted %d: rows were '
+                  'lost; best_test_accuracy still counts them (from the checkpoint)',
+                  writer.path, len(writer.evaluations), start_step, saved_record['evaluations'])
+    if is_primary:
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config.to_json())
+      with open(os.path.join(workdir, DATA_FILE), 'w') as f:
+        json.dump(data_used, f, indent=2)
 
-  train_images = parallel.put_replicated(mesh, dataset.train_images)
-  train_labels = parallel.put_replicated(mesh, dataset.train_labels.astype(np.int32))
-  mean = parallel.put_replicated(mesh, np.asarray(dataset.mean, np.float32))
-  std = parallel.put_replicated(mesh, np.asarray(dataset.std, np.float32))
-  evaluate = make_test_evaluation(model, mesh, dtype, dataset.test_images,
-                                  dataset.test_labels, mean, std)
-  if config.optimizer.startswith('schedule_free_'):
-    recalibrate = parallel.make_bn_recalibration(
-        model, mesh, dtype, p.local_batches[0], config.bn_momentum,
-        recalibration_sample(dataset.train_images, p.phases[0].batch_size, config.seed),
-        config.augment, jax.random.fold_in(step_key, BN_RECALIBRATION_KEY))
+    train_images = parallel.put_replicated(mesh, dataset.train_images)
+    train_labels = parallel.put_replicated(mesh, dataset.train_labels.astype(np.int32))
+    mean = parallel.put_replicated(mesh, np.asarray(dataset.mean, np.float32))
+    std = parallel.put_replicated(mesh, np.asarray(dataset.std, np.float32))
+    evaluate = make_test_evaluation(model, mesh, dtype, dataset.test_images,
+                                    dataset.test_labels, mean, std)
+    if config.optimizer.startswith('schedule_free_'):
+      recalibrate = parallel.make_bn_recalibration(
+          model, mesh, dtype, p.local_batches[0], config.bn_momentum,
+          recalibration_sample(dataset.train_images, p.phases[0].batch_size, config.seed),
+          config.augment, jax.random.fold_in(step_key, BN_RECALIBRATION_KEY))
 
-  def evaluate_state(state: parallel.TrainState) -> tuple[jax.Array, jax.Array]:
-    params, averaged = evaluation_params(state.opt_state, state.params)
-    stats = recalibrate(params, state.batch_stats, mean, std) if averaged else state.batch_stats
-    return evaluate(params, stats)
-  train_steps: dict[int, Any] = {}  # one compiled step per batch phase, made when first used
+    def evaluate_state(state: parallel.TrainState) -> tuple[jax.Array, jax.Array]:
+      params, averaged = evaluation_params(state.opt_state, state.params)
+      stats = recalibrate(params, state.batch_stats, mean, std) if averaged else state.batch_stats
+      return evaluate(params, stats)
+    train_steps: dict[int, Any] = {}  # one compiled step per batch phase, made when first used
 
-  def train_fn(phase: int):
-    if phase not in train_steps:
-      ph = p.phases[phase]
-      train_steps[phase] = parallel.make_train_steps(
-          model, p.tx, mesh, parallel.StepConfig(
-              ph.batch_size, config.augment, dtype,
-              first_step=ph.first_step, first_example=ph.first_example), step_key)
-    return train_steps[phase]
+    def train_fn(phase: int):
+      if phase not in train_steps:
+        ph = p.phases[phase]
+        train_steps[phase] = parallel.make_train_steps(
+            model, p.tx, mesh, parallel.StepConfig(
+                ph.batch_size, config.augment, dtype,
+                first_step=ph.first_step, first_example=ph.first_example), step_key)
+      return train_steps[phase]
 
-  def save(step: int, state: parallel.TrainState) -> None:
-    if not parallel.all_finite(state.params):  # never checkpoint a diverged state
-      checkpointer.close()
-      writer.close()
-      raise TrainingDiverged(step - 1, float(lr_schedule(step - 1)),
-                             'the parameters were NaN or inf after the update of',
-                             last_checkpoint=saved_step)
-    checkpointer.save(step, state, {'best_test_accuracy': best_accuracy,
-                                    'evaluations': len(writer.evaluations),
-                                    'elapsed_s': elapsed()})
+    def save(step: int, state: parallel.TrainState) -> None:
+      if not parallel.all_finite(state.params):  # never checkpoint a diverged state
+        raise TrainingDiverged(step - 1, float(lr_schedule(step - 1)),
+                               'the parameters were NaN or inf after the update of',
+                               last_checkpoint=saved_step)
+      checkpointer.save(step, state, {'best_test_accuracy': best_accuracy,
+                                      'evaluations': len(writer.evaluations),
+                                      'elapsed_s': elapsed()})
 
-  progress = Progress(total_steps, enabled=is_primary)
-  step = start_step
-  best_accuracy = max(writer.best('test_accuracy'),
-                      saved_record.get('best_test_accuracy', -1.0))
-  earlier_s = saved_record.get('elapsed_s', 0.0)  # the processes before this one
-  elapsed = lambda: earlier_s + time.time() - start_time  # the run's time over its processes
-  last = {'time': time.time(), 'step': step}
-  compile_s = None
-  stopped_by = None
-  saved_step = start_step if restored is not None else None
+    progress = Progress(total_steps, enabled=is_primary)
+    step = start_step
+    best_accuracy = max(writer.best('test_accuracy'),
+                        saved_record.get('best_test_accuracy', -1.0))
+    earlier_s = saved_record.get('elapsed_s', 0.0)  # the processes before this one
+    elapsed = lambda: earlier_s + time.time() - start_time  # the run's time over its processes
+    last = {'time': time.time(), 'step': step}
+    compile_s = None
+    stopped_by = None
+    saved_step = start_step if restored is not None else None
 
-  def sync_point(step: int, state: parallel.TrainState) -> parallel.TrainState:
-    """After ``step`` updates: reads the (few) scalars, checks for divergence, logs, and
-    evaluates and saves when due."""
-    nonlocal best_accuracy, saved_step
-    hp = lrsched.hyperparams(state.opt_state)
-    metrics = jax.device_get(state.metrics)
-    if metrics.first_nonfinite_step >= 0:
-      bad = int(metrics.first_nonfinite_step)
-      checkpointer.close()
-      writer.close()
-      raise TrainingDiverged(bad, float(lr_schedule(bad)), last_checkpoint=saved_step)
-    now = time.time()
-    images_per_sec = ((p.examples_at(step) - p.examples_at(last['step']))
-                      / max(now - last['time'], 1e-9))
-    lr_now = float(hp['learning_rate'])
-    mom = hp.get('momentum', hp.get('b1'))  # b1: the schedule-free interpolation
-    mom_now = None if mom is None else float(mom)
-    train_loss = float(metrics.loss_sum / max(metrics.count, 1))
-    progress.update(step, lr=lr_now, loss=train_loss, images_per_sec=images_per_sec)
-    row = {'step': step, 'epoch': p.epoch_at(step), 'lr': lr_now, 'momentum': mom_now,
-           'batch_size': p.phases[p.phase_at(step - 1)].batch_size,
-           'examples': p.examples_at(step), 'train_loss': train_loss,
-           'train_accuracy': float(metrics.correct / max(metrics.count, 1)),
-           'images_per_sec': images_per_sec}
-    if not (eval_due(step) or step == total_steps):
-      writer.train({**row, 'elapsed_s': elapsed()})
+    def sync_point(step: int, state: parallel.TrainState) -> parallel.TrainState:
+      """After ``step`` updates: reads the (few) scalars, checks for divergence, logs, and
+      evaluates and saves when due."""
+      nonlocal best_accuracy, saved_step
+      hp = lrsched.hyperparams(state.opt_state)
+      metrics = jax.device_get(state.metrics)
+      if metrics.first_nonfinite_step >= 0:
+        bad = int(metrics.first_nonfinite_step)
+        raise TrainingDiverged(bad, float(lr_schedule(bad)), last_checkpoint=saved_step)
+      now = time.time()
+      images_per_sec = ((p.examples_at(step) - p.examples_at(last['step']))
+                        / max(now - last['time'], 1e-9))
+      lr_now = float(hp['learning_rate'])
+      mom = hp.get('momentum', hp.get('b1'))  # b1: the schedule-free interpolation
+      mom_now = None if mom is None else float(mom)
+      train_loss = float(metrics.loss_sum / max(metrics.count, 1))
+      progress.update(step, lr=lr_now, loss=train_loss, images_per_sec=images_per_sec)
+      row = {'step': step, 'epoch': p.epoch_at(step), 'lr': lr_now, 'momentum': mom_now,
+             'batch_size': p.phases[p.phase_at(step - 1)].batch_size,
+             'examples': p.examples_at(step), 'train_loss': train_loss,
+             'train_accuracy': float(metrics.correct / max(metrics.count, 1)),
+             'images_per_sec': images_per_sec}
+      if not (eval_due(step) or step == total_steps):
+        writer.train({**row, 'elapsed_s': elapsed()})
+      else:
+        test_loss, test_accuracy = (float(v) for v in evaluate_state(state))
+        if not math.isfinite(test_loss):
+          # Step t diverges when the loss of the parameters after t updates is NaN or inf,
+          # as the step's own record counts it (parallel.Metrics): here t = step.
+          raise TrainingDiverged(step, float(lr_schedule(step - 1)),
+                                 'the test loss was NaN or inf at', last_checkpoint=saved_step)
+        best_accuracy = max(best_accuracy, test_accuracy)
+        writer.evaluation({**row, 'test_loss': test_loss, 'test_accuracy': test_accuracy,
+                           'elapsed_s': elapsed()})
+        progress.note(f'step {step}: test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}')
+        state = state._replace(metrics=jax.device_put(parallel.Metrics.zeros(),
+                                                      parallel.replicated(mesh)))
+      if (step % config.checkpoint_every == 0 or step == total_steps) and saved_step != step:
+        save(step, state)
+        saved_step = step
+      last.update(time=time.time(), step=step)
+      return state
+
+    def refresh(step: int, state: parallel.TrainState) -> None:
+      """The progress line between sync points (reads the metrics; changes nothing)."""
+      metrics = jax.device_get(state.metrics)
+      now = time.time()
+      progress.update(step, lr=float(lr_schedule(step - 1)),
+                      loss=float(metrics.loss_sum / max(metrics.count, 1)),
+                      images_per_sec=((p.examples_at(step) - p.examples_at(last['step']))
+                                      / max(now - last['time'], 1e-9)))
+      last.update(time=now, step=step)
+
+    # Refreshing between sync points is a host read: with several processes every host must
+    # take the same path, so only the deterministic cadence (--log_every) is used there.
+    single_process = jax.process_count() == 1
+    on_cpu, warned_slow = devices[0].platform == 'cpu', False
+    in_flight: list[jax.Array] = []
+    # The final checkpoint is written after the final evaluation: a run resumed from it has
+    # nothing left to do.
+    with StopRequest() as stop:
+      while step < total_steps:
+        phase = p.phase_at(step)
+        phase_end = (p.phases[phase + 1].first_step if phase + 1 < len(p.phases)
+                     else total_steps)
+        boundary = min(phase_end, next_eval(step), _next_multiple(step, config.checkpoint_every),
+                       _next_multiple(step, config.log_every))
+        n = min(config.steps_per_dispatch, boundary - step)
+        if step == p.phases[phase].first_step and phase > 0:
+          progress.note(f'step {step}: batch size {p.phases[phase - 1].batch_size} -> '
+                        f'{p.phases[phase].batch_size}')
+        t0 = time.time()
+        state = train_fn(phase)(state, train_images, train_labels, mean, std, n)
+        step += n
+        # The host stays at most two dispatches ahead of the device, so that a stop (and a
+        # progress line) comes within a step or two, not after a long queue of them.
+        in_flight.append(state.step + 0)  # a copy: the state itself is donated to the next
+        if len(in_flight) > 2:
+          jax.block_until_ready(in_flight.pop(0))
+        if compile_s is None:
+          jax.block_until_ready(state.step)
+          compile_s = time.time() - t0
+          last.update(time=time.time(), step=step)
+          progress.start_at(step)
+          progress.note(f'step {step}: compiled and ran the first dispatch in {compile_s:.1f} s')
+        # Evaluations, checkpoints and phase ends are boundaries, hence sync points: a stop
+        # between them skips nothing that was due.
+        at_sync_point = step == boundary or step == total_steps
+        if at_sync_point:
+          state = sync_point(step, state)
+        elif single_process and time.time() - last['time'] > REFRESH_SECONDS:
+          refresh(step, state)  # the progress line on a wall-clock cadence too
+        if not warned_slow and progress.eta_s > SLOW_CPU_SECONDS and on_cpu:
+          warned_slow = True
+          log.warning('on this CPU the run needs about %.1f more hours at the measured speed; '
+                      'a run sized for CPUs: --preset=cpu-quickstart (minutes), or python -m '
+                      'experiments.compare --suite=cpu-budget (about 2 hours)',
+                      progress.eta_s / 3600)
+        if stop.requested(at_sync_point=at_sync_point) and step < total_steps:
+          stopped_by = signal.Signals(stop.signal or signal.SIGTERM).name
+          break
+      if stopped_by is not None and saved_step != step:
+        save(step, state)
+    checkpointer.close()
+    progress.close()
+
+    final = writer.last_evaluation()
+    summary = {
+        'status': 'interrupted' if stopped_by else 'finished',
+        'steps': step, 'total_steps': total_steps, 'epochs': p.epoch_at(step),
+        'final_test_accuracy': final.get('test_accuracy') if final else None,
+        'best_test_accuracy': best_accuracy if best_accuracy >= 0 else None,
+        'final_test_loss': final.get('test_loss') if final else None,
+        # The run's time to here over all its processes (up to the checkpoint each resumed
+        # from), and this process's alone.
+        'wall_time_s': elapsed(),
+        'this_process_s': time.time() - start_time, 'compile_s': compile_s,
+        'resumed_from_step': (start_step or None) if restored is not None else None,
+        'parent': (None if parent is None else
+                   {'workdir': os.path.abspath(parent[0]), 'step': parent[1]}),
+        'device_kind': devices[0].device_kind, 'device_count': num_devices,
+        'process_count': jax.process_count(), 'data': dataset.source,
+        'schedule': repr(lr_schedule), 'momentum': repr(momentum),
+        'batch_phases': [ph._asdict() for ph in p.phases],
+        'command': command or ' '.join(sys.argv), 'jax_version': jax.__version__,
+    }
+    if stopped_by:
+      log.warning('stopped by %s at step %d: checkpoint saved; run the same command to resume',
+                  stopped_by, step)
     else:
-      test_loss, test_accuracy = (float(v) for v in evaluate_state(state))
-      if not math.isfinite(test_loss):
-        checkpointer.close()
-        writer.close()
-        # Step t diverges when the loss of the parameters after t updates is NaN or inf,
-        # as the step's own record counts it (parallel.Metrics): here t = step.
-        raise TrainingDiverged(step, float(lr_schedule(step - 1)),
-                               'the test loss was NaN or inf at', last_checkpoint=saved_step)
-      best_accuracy = max(best_accuracy, test_accuracy)
-      writer.evaluation({**row, 'test_loss': test_loss, 'test_accuracy': test_accuracy,
-                         'elapsed_s': elapsed()})
-      progress.note(f'step {step}: test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}')
-      state = state._replace(metrics=jax.device_put(parallel.Metrics.zeros(),
-                                                    parallel.replicated(mesh)))
-    if (step % config.checkpoint_every == 0 or step == total_steps) and saved_step != step:
-      save(step, state)
-      saved_step = step
-    last.update(time=time.time(), step=step)
-    return state
-
-  def refresh(step: int, state: parallel.TrainState) -> None:
-    """The progress line between sync points (reads the metrics; changes nothing)."""
-    metrics = jax.device_get(state.metrics)
-    now = time.time()
-    progress.update(step, lr=float(lr_schedule(step - 1)),
-                    loss=float(metrics.loss_sum / max(metrics.count, 1)),
-                    images_per_sec=((p.examples_at(step) - p.examples_at(last['step']))
-                                    / max(now - last['time'], 1e-9)))
-    last.update(time=now, step=step)
-
-  # Refreshing between sync points is a host read: with several processes every host must
-  # take the same path, so only the deterministic cadence (--log_every) is used there.
-  single_process = jax.process_count() == 1
-  on_cpu, warned_slow = devices[0].platform == 'cpu', False
-  in_flight: list[jax.Array] = []
-  # The final checkpoint is written after the final evaluation: a run resumed from it has
-  # nothing left to do.
-  with StopRequest() as stop:
-    while step < total_steps:
-      phase = p.phase_at(step)
-      phase_end = (p.phases[phase + 1].first_step if phase + 1 < len(p.phases)
-                   else total_steps)
-      boundary = min(phase_end, next_eval(step), _next_multiple(step, config.checkpoint_every),
-                     _next_multiple(step, config.log_every))
-      n = min(config.steps_per_dispatch, boundary - step)
-      if step == p.phases[phase].first_step and phase > 0:
-        progress.note(f'step {step}: batch size {p.phases[phase - 1].batch_size} -> '
-                      f'{p.phases[phase].batch_size}')
-      t0 = time.time()
-      state = train_fn(phase)(state, train_images, train_labels, mean, std, n)
-      step += n
-      # The host stays at most two dispatches ahead of the device, so that a stop (and a
-      # progress line) comes within a step or two, not after a long queue of them.
-      in_flight.append(state.step + 0)  # a copy: the state itself is donated to the next
-      if len(in_flight) > 2:
-        jax.block_until_ready(in_flight.pop(0))
-      if compile_s is None:
-        jax.block_until_ready(state.step)
-        compile_s = time.time() - t0
-        last.update(time=time.time(), step=step)
-        progress.start_at(step)
-        progress.note(f'step {step}: compiled and ran the first dispatch in {compile_s:.1f} s')
-      # Evaluations, checkpoints and phase ends are boundaries, hence sync points: a stop
-      # between them skips nothing that was due.
-      at_sync_point = step == boundary or step == total_steps
-      if at_sync_point:
-        state = sync_point(step, state)
-      elif single_process and time.time() - last['time'] > REFRESH_SECONDS:
-        refresh(step, state)  # the progress line on a wall-clock cadence too
-      if not warned_slow and progress.eta_s > SLOW_CPU_SECONDS and on_cpu:
-        warned_slow = True
-        log.warning('on this CPU the run needs about %.1f more hours at the measured speed; '
-                    'a run sized for CPUs: --preset=cpu-quickstart (minutes), or python -m '
-                    'experiments.compare --suite=cpu-budget (about 2 hours)',
-                    progress.eta_s / 3600)
-      if stop.requested(at_sync_point=at_sync_point) and step < total_steps:
-        stopped_by = signal.Signals(stop.signal or signal.SIGTERM).name
-        break
-    if stopped_by is not None and saved_step != step:
-      save(step, state)
-  checkpointer.close()
-  progress.close()
-
-  final = writer.last_evaluation()
-  summary = {
-      'status': 'interrupted' if stopped_by else 'finished',
-      'steps': step, 'total_steps': total_steps, 'epochs': p.epoch_at(step),
-      'final_test_accuracy': final.get('test_accuracy') if final else None,
-      'best_test_accuracy': best_accuracy if best_accuracy >= 0 else None,
-      'final_test_loss': final.get('test_loss') if final else None,
-      # The run's time to here over all its processes (up to the checkpoint each resumed
-      # from), and this process's alone.
-      'wall_time_s': elapsed(),
-      'this_process_s': time.time() - start_time, 'compile_s': compile_s,
-      'resumed_from_step': (start_step or None) if restored is not None else None,
-      'parent': (None if parent is None else
-                 {'workdir': os.path.abspath(parent[0]), 'step': parent[1]}),
-      'device_kind': devices[0].device_kind, 'device_count': num_devices,
-      'process_count': jax.process_count(), 'data': dataset.source,
-      'schedule': repr(lr_schedule), 'momentum': repr(momentum),
-      'batch_phases': [ph._asdict() for ph in p.phases],
-      'command': command or ' '.join(sys.argv), 'jax_version': jax.__version__,
-  }
-  if stopped_by:
-    log.warning('stopped by %s at step %d: checkpoint saved; run the same command to resume',
-                stopped_by, step)
-  else:
-    writer.summary(summary)
-  writer.close()
+      writer.summary(summary)
   return summary
 
 

@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 
 from experiments import parallel, train
-from experiments.config import (
-    Config,
-    ConfigError,
-    examples_at,
-    first_step_reaching,
-    parse_batch_schedule,
-    resolve_phases,
-)
+from experiments.config import Config, ConfigError, parse_batch_schedule
+from experiments.phases import examples_at, first_step_reaching, resolve_phases
 from tests.experiments.test_train import assert_trees_equal, final_params, preempt_at
 
 
