@@ -74,7 +74,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from absl import app, flags
@@ -321,19 +321,11 @@ def settings_from_flags() -> Settings:
 # One group: (model, batch, precision), every schedule and K, in this process.
 
 
-class Plan(NamedTuple):
-  """A configuration resolved as `experiments.train` resolves it."""
-
-  config: Any  # experiments.config.Config
-  tx: Any  # optax.GradientTransformation
-  lr: Any  # lrsched.Schedule
-  momentum: Any  # float, lrsched.Schedule or None
-
-
-def plan(settings: Settings, model: str, batch: int, precision: str, schedule: str) -> Plan:
-  """Checks one configuration and builds its optimizer; BenchmarkError if it is bad. (K is
-  not part of it: the benchmark compiles each K's program itself.)"""
-  from experiments import train
+def plan(settings: Settings, model: str, batch: int, precision: str, schedule: str):
+  """One configuration checked and resolved as the trainer resolves it (its
+  `experiments.setup.Plan`); BenchmarkError if it is bad. (K is not part of it: the
+  benchmark compiles each K's program itself.)"""
+  from experiments import setup
   from experiments.config import Config, ConfigError
 
   config = Config(model=model, batch_size=batch, precision=precision, dataset='synthetic',
@@ -341,14 +333,13 @@ def plan(settings: Settings, model: str, batch: int, precision: str, schedule: s
                   momentum=settings.momentum, lr=settings.lr, seed=settings.seed,
                   synthetic_examples=settings.train_examples)
   try:
-    train.build_model(config)
+    setup.build_model(config)
     # As the trainer resolves it: the schedules span its default run (95 epochs) of this
     # training set. The device count is checked when the group runs.
-    resolved = train.plan(config, settings.train_examples, num_devices=1)
+    return config, setup.plan(config, settings.train_examples, num_devices=1)
   except ConfigError as e:
     raise BenchmarkError(f'{model} batch {batch} {precision} schedule {schedule!r}: '
                          f'{e}') from None
-  return Plan(config, resolved.tx, resolved.lr_schedule, resolved.momentum)
 
 
 @dataclasses.dataclass
@@ -357,7 +348,7 @@ class _Variant:
 
   schedule: str
   k: int
-  plan: Plan
+  plan: Any  # experiments.setup.Plan
   compiled: Any
   state: Any
   lower_s: float
@@ -478,33 +469,29 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
                     dataset=None) -> list[dict[str, Any]]:
   """Compiles and times every (schedule, K) of one (model, batch, precision) group."""
   import jax
-  import jax.numpy as jnp
 
-  from experiments import data, parallel, profiling, train
+  from experiments import data, parallel, profiling, setup, train
 
   devices = jax.devices()
   mesh = parallel.make_mesh(devices)
   num_devices = mesh.size
-  dtype = jnp.bfloat16 if precision == 'bfloat16' else jnp.float32
   if dataset is None:
     dataset = data.load('synthetic', seed=settings.seed,
                         synthetic_size=(settings.train_examples, settings.test_examples))
-  base = plan(settings, model_name, batch, precision, settings.schedules[0]).config
-  local_batch = train.check_devices(base, num_devices)
-  model = train.build_model(base)  # the trainer's own model builder
-  train_args = (parallel.put_replicated(mesh, dataset.train_images),
-                parallel.put_replicated(mesh, dataset.train_labels.astype(np.int32)),
-                parallel.put_replicated(mesh, np.asarray(dataset.mean, np.float32)),
-                parallel.put_replicated(mesh, np.asarray(dataset.std, np.float32)))
+  base, _ = plan(settings, model_name, batch, precision, settings.schedules[0])
+  local_batch = setup.check_devices(base, num_devices)
+  model = setup.build_model(base)  # the trainer's own model builder
+  dtype = setup.compute_dtype(base)
+  train_args = setup.put_training_data(mesh, dataset)
   init_key, step_key = jax.random.split(jax.random.key(settings.seed))
   name = f'{model_name} batch {batch} {precision}'
 
   variants: list[_Variant] = []
   for schedule in settings.schedules:
-    p = plan(settings, model_name, batch, precision, schedule)
-    step_config = parallel.StepConfig(batch, p.config.augment, dtype)
+    config, p = plan(settings, model_name, batch, precision, schedule)
+    step_config = parallel.StepConfig(batch, config.augment, dtype)
     train_steps = parallel.make_train_steps(model, p.tx, mesh, step_config, step_key)
-    initial = train.create_state(model, p.tx, mesh, init_key, local_batch)
+    initial = setup.create_state(model, p.tx, mesh, init_key, local_batch)
     one_step_cost = None
     for k in sorted(settings.steps_per_dispatch, key=lambda k: k != 1):  # K=1 first
       # Each variant's own buffers: the step donates its state.
@@ -586,7 +573,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
         'model': model_name, 'parameters': parameters, 'batch_size': batch,
         'per_device_batch': local_batch,
         'precision': precision, 'schedule': v.schedule,
-        'schedule_spec': repr(v.plan.lr), 'momentum_spec': repr(v.plan.momentum),
+        'schedule_spec': repr(v.plan.lr_schedule), 'momentum_spec': repr(v.plan.momentum),
         'steps_per_dispatch': v.k,
         'device_kind': device.device_kind, 'device_count': num_devices,
         'lower_s': v.lower_s, 'compile_s': v.compile_s,

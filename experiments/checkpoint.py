@@ -105,8 +105,11 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the saves under way, then releases the manager; a second call does nothing."""
+    if self.manager is not None:
+      self.manager.wait_until_finished()
+      self.manager.close()
+      self.manager = None
 
   def restore_latest(self, abstract_state: Any) -> tuple[Any, int] | None:
     """The newest checkpoint that restores into ``abstract_state``'s structure and shardings.

@@ -185,7 +185,7 @@ def compare(arms: Sequence[Arm], workdir: str, *, allow_differences: Iterable[st
   """
   import jax
 
-  from experiments import train
+  from experiments import setup, train
 
   arms = [dataclasses.replace(a, config=a.config.replace(workdir=os.path.join(workdir, a.name)))
           for a in arms]
@@ -195,9 +195,9 @@ def compare(arms: Sequence[Arm], workdir: str, *, allow_differences: Iterable[st
   plans = {}
   for arm in arms:  # every arm is checked before the first one trains
     try:
-      plans[arm.name] = train.plan(arm.config, train.nominal_train_size(arm.config),
+      plans[arm.name] = setup.plan(arm.config, setup.nominal_train_size(arm.config),
                                    num_devices)
-      train.check_resumable(arm.config, arm.config.workdir)
+      setup.check_resumable(arm.config, arm.config.workdir)
     except ConfigError as e:
       raise ConfigError(f'arm {arm.name}: {e}') from None
   reference_paths = _reference_paths(arms, reference_dir, references)

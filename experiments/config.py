@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
-from fractions import Fraction
 from typing import Any, NamedTuple
 
 OPTIMIZERS = ('sgd', 'nesterov', 'adamw', 'lars', 'schedule_free_sgd', 'schedule_free_adamw')
@@ -275,98 +273,6 @@ def parse_batch_schedule(spec: str | None) -> tuple[BatchChange, ...]:
       raise ConfigError(f'--batch_schedule={spec!r}: batch sizes must be >= 1, got {batch}')
     changes.append(BatchChange(epoch, batch))
   return tuple(changes)
-
-
-class Phase(NamedTuple):
-  """A stretch of a run at one global batch size, placed in steps and in examples seen."""
-
-  first_step: int
-  first_example: int  # examples seen before the phase: its first position in the data stream
-  batch_size: int
-  lr_factor: float    # the LR multiplier of the batch scaling rule (1.0 for the first phase)
-
-
-def resolve_phases(config: Config, train_size: int) -> tuple[tuple[Phase, ...], int]:
-  """The batch phases of ``config`` on a training set of ``train_size``, and the run length.
-
-  Phase k starts at the first step at which the examples seen reach its epoch (times
-  ``train_size``); a single-phase run of E epochs has ``ceil(E * train_size / batch_size)``
-  steps (`lrsched.to_steps`), and a phased run ends at the first step reaching E epochs.
-  Raises ConfigError for a phase that is empty, starts after the run or has a batch larger
-  than the training set, and for a run of more than `MAX_EXAMPLES` examples.
-  """
-  changes = config.batch_changes
-  first_batch = changes[0].batch_size
-  phases: list[Phase] = []
-  for change in changes:
-    if change.batch_size > train_size:
-      raise ConfigError(f'{change.flag}={change.batch_size} is larger than the training set '
-                        f'({train_size} examples)')
-    if config.batch_lr_scaling == 'none':
-      factor = 1.0
-    else:
-      factor = change.batch_size / first_batch
-      factor = factor if config.batch_lr_scaling == 'linear' else math.sqrt(factor)
-    if not phases:
-      phases.append(Phase(0, 0, change.batch_size, factor))
-      continue
-    last = phases[-1]
-    target = _exact(change.epoch) * train_size
-    steps = math.ceil((target - last.first_example) / last.batch_size)
-    if steps < 1:
-      reached = last.first_example / train_size
-      raise ConfigError(f'--batch_schedule: the phase at epoch {change.epoch:g} starts before '
-                        f'the previous phase has run a step (epoch {reached:g} is already '
-                        'reached); space the epochs further apart')
-    phases.append(Phase(last.first_step + steps, last.first_example + steps * last.batch_size,
-                        change.batch_size, factor))
-  last = phases[-1]
-  if config.steps is not None:
-    total = config.steps
-  else:
-    epochs = DEFAULT_EPOCHS if config.epochs is None else config.epochs
-    remaining = _exact(epochs) * train_size - last.first_example
-    total = last.first_step + math.ceil(remaining / last.batch_size)
-  if total <= last.first_step:
-    where = f'step {total}' if config.steps is not None else f'epoch {epochs:g}'
-    raise ConfigError(f'--batch_schedule: the phase at epoch {changes[-1].epoch:g} (step '
-                      f'{last.first_step}) starts after the run ends at {where}')
-  seen = examples_at(phases, total)
-  if seen > MAX_EXAMPLES:
-    raise ConfigError(f'the run sees {seen} examples, more than {MAX_EXAMPLES} (positions in '
-                      'the data stream are int32); train for fewer steps')
-  return tuple(phases), total
-
-
-def phase_index(phases: Sequence[Phase], step: int) -> int:
-  """The index of the phase that step ``step`` (0-based, the next update) belongs to."""
-  index = 0
-  for i, phase in enumerate(phases):
-    if step >= phase.first_step:
-      index = i
-  return index
-
-
-def examples_at(phases: Sequence[Phase], step: int) -> int:
-  """The examples seen after ``step`` updates."""
-  if step <= 0:
-    return 0
-  phase = phases[phase_index(phases, step - 1)]
-  return phase.first_example + (step - phase.first_step) * phase.batch_size
-
-
-def first_step_reaching(phases: Sequence[Phase], examples: int) -> int:
-  """The fewest updates after which at least ``examples`` examples have been seen."""
-  for i, phase in enumerate(phases):
-    end = phases[i + 1].first_example if i + 1 < len(phases) else None
-    if end is None or examples <= end:
-      return phase.first_step + max(0, -(-(examples - phase.first_example) // phase.batch_size))
-  raise AssertionError('unreachable')
-
-
-def _exact(value: float) -> Fraction:
-  """A number as the decimal it prints as (as lrsched.to_steps reads epochs)."""
-  return Fraction(value) if isinstance(value, int) else Fraction(repr(float(value)))
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:

@@ -142,33 +142,23 @@ def run(config: Config, sweep: Sweep, *, workdir: str | None = None,
   import numpy as np
 
   import lrsched
-  from experiments import data, parallel, plots, train
+  from experiments import parallel, plots, setup, train
   from experiments.metrics import Progress
   from lrsched.lr_finder import log_linear
 
   start = time.time()
-  config.validate()
   sweep.check()
-  devices = jax.local_devices() if devices is None else list(devices)
-  local_batch = train.check_devices(config, len(devices))
-  if config.dataset not in data.DATASETS:
-    raise ConfigError(f'unknown --dataset={config.dataset!r}; valid: {", ".join(data.DATASETS)}')
   momentum = _constant_momentum(config)
-  model = train.build_model(config)
+  devices = jax.local_devices() if devices is None else list(devices)
+  workdir = workdir or config.workdir or default_workdir(config)
+  # The trainer's checks, model and data; the LR is the sweep's, and nothing resumes.
+  ready = setup.prepare(config, devices, workdir=workdir, training=False)
+  dataset, model, batch = ready.dataset, ready.model, config.batch_size
   # The LR of step t; over N - 1 steps, so that the last step uses exactly max_lr.
   lr = (log_linear if sweep.mode == 'exp' else lrsched.linear)(
       sweep.min_lr, sweep.max_lr, sweep.num_steps - 1)
-  tx = train.build_optimizer(config, lr, momentum)
-  workdir = workdir or config.workdir or default_workdir(config)
-  train.check_workdir(workdir)
-  dataset = data.load(config.dataset, config.data_dir, train_examples=config.train_examples,
-                      seed=config.seed,
-                      synthetic_size=(config.synthetic_examples, config.synthetic_examples // 5))
+  tx = setup.build_optimizer(config, lr, momentum)
   train_size = len(dataset.train_labels)
-  batch = config.batch_size
-  if batch > train_size:
-    raise ConfigError(f'--batch_size={batch} is larger than the training set '
-                      f'({train_size} examples)')
   test_size = min(sweep.test_examples, len(dataset.test_labels))
   primary = jax.process_index() == 0
   if primary:
@@ -179,19 +169,15 @@ def run(config: Config, sweep: Sweep, *, workdir: str | None = None,
 
   mesh = parallel.make_mesh(devices)
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
-  state = train.create_state(model, tx, mesh, init_key, local_batch)
+  state = setup.create_state(model, tx, mesh, init_key, batch // len(devices))
   train_step = parallel.make_train_steps(
-      model, tx, mesh, parallel.StepConfig(batch, config.augment, train.compute_dtype(config)),
-      step_key)
-  put = lambda a: parallel.put_replicated(mesh, a)
-  images, labels = put(dataset.train_images), put(dataset.train_labels.astype(np.int32))
-  mean = put(np.asarray(dataset.mean, np.float32))
-  std = put(np.asarray(dataset.std, np.float32))
+      model, tx, mesh, parallel.StepConfig(batch, config.augment, ready.dtype), step_key)
+  train_data = setup.put_training_data(mesh, dataset)
   # A fixed random test subset (the test set is sorted by class).
   subset = np.random.default_rng(config.seed).permutation(len(dataset.test_labels))[:test_size]
-  evaluate = train.make_test_evaluation(model, mesh, train.compute_dtype(config),
-                                        dataset.test_images[subset],
-                                        dataset.test_labels[subset], mean, std)
+  evaluate = train.make_test_evaluation(model, mesh, ready.dtype, dataset.test_images[subset],
+                                        dataset.test_labels[subset], train_data.mean,
+                                        train_data.std)
 
   lrs = np.asarray(lr(np.arange(sweep.num_steps)), np.float64)
   losses: list[float] = []
@@ -225,7 +211,7 @@ def run(config: Config, sweep: Sweep, *, workdir: str | None = None,
   last = {'time': time.time(), 'step': 0}
   with train.StopRequest() as stop:
     for t in range(sweep.num_steps):
-      state = train_step(state, images, labels, mean, std, 1)
+      state = train_step(state, *train_data, 1)
       # Take the step's loss out of the state (which the next step donates).
       step_metrics = state.metrics
       state = state._replace(metrics=jax.device_put(parallel.Metrics.zeros(),

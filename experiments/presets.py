@@ -36,7 +36,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import lrsched
-from experiments.config import Config, ConfigError, resolve_phases
+from experiments.config import Config, ConfigError
+from experiments.phases import resolve_phases
 
 CIFAR_TRAIN = 50_000
 

@@ -1,43 +1,42 @@
-"""Training and evaluation of a CIFAR model with an lrsched schedule.
+"""The training loop: a CIFAR model trained and evaluated with an lrsched schedule.
 
-`train_and_evaluate(config)` is the whole run: it checks every setting and loads the data
-before compiling anything, resumes from the workdir's newest readable checkpoint, trains
-data-parallel over every device (`experiments.parallel`), evaluates, logs and checkpoints.
+`train_and_evaluate(config)` is the whole run: `experiments.setup.prepare` checks every
+setting and loads the data before anything compiles; then it resumes from the workdir's
+newest readable checkpoint (or a branch's parent), and `Run.train` steps data-parallel over
+every device (`experiments.parallel`), with a sync point (`Run.sync_point`: log, evaluate,
+checkpoint) at every boundary.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
+import contextlib
 import json
 import logging
 import math
 import os
-import re
 import signal
 import sys
-import tempfile
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 import lrsched
-from experiments import data, models, parallel
+from experiments import parallel
 from experiments.checkpoint import Checkpointer, abstract_like
-from experiments.config import (
-    Config,
-    ConfigError,
-    Phase,
-    examples_at,
-    first_step_reaching,
-    phase_index,
-    resolve_phases,
-)
+from experiments.config import Config
 from experiments.metrics import MetricWriter, Progress
+from experiments.setup import (
+  DATA_FILE,
+  Plan,
+  Setup,
+  TrainingData,
+  create_state,
+  prepare,
+  put_training_data,
+)
 from lrsched.states import find_states
 
 log = logging.getLogger(__name__)
@@ -46,9 +45,6 @@ SLOW_CPU_SECONDS = 3600.0
 """On CPU, an ETA above this gets a warning that names the CPU-sized presets."""
 REFRESH_SECONDS = 20.0
 """The progress line is refreshed at least this often (wall clock), besides --log_every."""
-# Fields that may change between a run and its resumption (they don't change the result).
-RESUMABLE_CHANGES = ('log_every', 'checkpoint_every', 'keep_checkpoints', 'eval_every',
-                     'steps_per_dispatch', 'workdir', 'data_dir')
 
 
 class Interrupted(KeyboardInterrupt):
@@ -67,169 +63,6 @@ class TrainingDiverged(RuntimeError):
     self.step, self.lr = step, lr
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-  """What a config resolves to once the training-set size and the devices are known."""
-
-  total_steps: int
-  train_size: int
-  phases: tuple[Phase, ...]
-  lr_schedule: Any  # the LR of every step: the schedule, times its batch phase's factor
-  momentum: float | lrsched.Schedule | None
-  tx: optax.GradientTransformation
-  local_batches: tuple[int, ...]  # the per-device batch of each phase
-
-  @property
-  def steps_per_epoch(self) -> int:
-    """Whole batches per epoch in the first phase."""
-    return self.train_size // self.phases[0].batch_size
-
-  def examples_at(self, step: int) -> int:
-    return examples_at(self.phases, step)
-
-  def epoch_at(self, step: int) -> float:
-    return examples_at(self.phases, step) / self.train_size
-
-  def phase_at(self, step: int) -> int:
-    """The phase of the update that follows ``step`` updates."""
-    return phase_index(self.phases, step)
-
-  def next_epoch_end(self, step: int) -> int:
-    """The first step after ``step`` at which another whole epoch has been seen."""
-    epochs_done = self.examples_at(step) // self.train_size
-    return first_step_reaching(self.phases, (epochs_done + 1) * self.train_size)
-
-
-class BatchScaledSchedule:
-  """``schedule(t) * factor_k`` for the batch phase k of step t (`Config.batch_lr_scaling`)."""
-
-  def __init__(self, schedule: lrsched.Schedule, phases: tuple[Phase, ...], rule: str):
-    self.schedule, self.rule = schedule, rule
-    self.starts = np.asarray([p.first_step for p in phases], np.int32)
-    self.factors = np.asarray([p.lr_factor for p in phases], np.float32)
-
-  def __call__(self, step: Any) -> jax.Array:
-    step = jnp.asarray(step)
-    phase = jnp.searchsorted(jnp.asarray(self.starts), step, side='right') - 1
-    return self.schedule(step) * jnp.asarray(self.factors)[phase]
-
-  def __repr__(self) -> str:
-    factors = ', '.join(f'{f:.6g}' for f in self.factors)
-    starts = ', '.join(str(s) for s in self.starts)
-    return f'{self.schedule!r} x {self.rule} batch scaling [{factors}] from steps [{starts}]'
-
-
-# --------------------------------------------------------------------------------------
-# Resolving the config against the data and the devices (all before any compilation).
-
-
-def resolve_steps(config: Config, train_size: int) -> int:
-  """The run's number of optimizer steps over all its batch phases (`resolve_phases`)."""
-  return resolve_phases(config, train_size)[1]
-
-
-def build_schedules(config: Config, total_steps: int
-                    ) -> tuple[lrsched.Schedule, float | lrsched.Schedule | None]:
-  context: dict[str, Any] = {'total_steps': total_steps}
-  if config.lr is not None:
-    context.update(lr=config.lr, max_lr=config.lr, peak_lr=config.lr)
-  try:
-    lr = lrsched.parse(config.schedule, **context)
-  except ValueError as e:
-    hint = ''
-    missing = re.search(r"missing required argument '((?:max_|peak_)?lr)'", str(e))
-    if config.lr is None and missing:
-      hint = ("; give the LR with --lr=VALUE, or in the spec, e.g. "
-              f"--schedule='{config.schedule.split('(')[0]}({missing.group(1)}=0.1)'")
-    raise ConfigError(f'--schedule: {e}{hint}') from None
-  if not _fits_run(lr, total_steps):
-    raise ConfigError(
-        f'--schedule={lr!r} ends at step {lr.total_steps} but the run has {total_steps} '
-        'steps; make them agree (leave total_steps out of the spec to have it filled in, '
-        'or set --steps)')
-  text = config.momentum.strip()
-  if text == 'none':
-    momentum = None
-  elif text == 'cyclical':
-    try:
-      momentum = lrsched.momentum_for(lr)
-    except ValueError as e:
-      raise ConfigError(f'--momentum=cyclical: {e}') from None
-  else:
-    try:
-      momentum = float(text)
-    except ValueError:
-      try:
-        momentum = lrsched.parse(text, total_steps=total_steps)
-      except ValueError as e:
-        raise ConfigError(f'--momentum: {e}') from None
-    if isinstance(momentum, float) and not 0.0 <= momentum < 1.0:
-      raise ConfigError(f'--momentum must be in [0, 1), got {momentum}')
-  if isinstance(momentum, lrsched.Schedule) and not _fits_run(momentum, total_steps):
-    raise ConfigError(f'--momentum={momentum!r} ends at step {momentum.total_steps} but the '
-                      f'run has {total_steps} steps')
-  return lr, momentum
-
-
-def _fits_run(schedule: lrsched.Schedule, total_steps: int) -> bool:
-  """Whether a schedule's length agrees with the run's.
-
-  A schedule that takes ``total_steps`` must be given the run's length. One whose end is
-  set by its own phases (``multistep``'s last milestone, a ``warmup`` of one, ...) may end
-  before the run and hold its final value, as Caffe's multistep runs to ``max_iter``; no
-  schedule may end after the run, which would cut it short.
-  """
-  end = schedule.total_steps
-  if end is None or end == total_steps:
-    return True
-  takes_length = 'total_steps' in inspect.signature(lrsched.spec.REGISTRY[schedule.name]).parameters
-  return end < total_steps and not takes_length
-
-
-def build_optimizer(config: Config, lr: lrsched.Schedule,
-                    momentum: float | lrsched.Schedule | None) -> optax.GradientTransformation:
-  try:
-    return _build_optimizer(config, lr, momentum)
-  except ConfigError:
-    raise
-  except ValueError as e:
-    raise ConfigError(f'--optimizer={config.optimizer}: {e}') from None
-
-
-def _build_optimizer(config, lr, momentum):
-  decoupled = config.weight_decay_mode == 'decoupled'
-  if config.optimizer in ('sgd', 'nesterov'):
-    if config.optimizer == 'nesterov' and momentum is None:
-      raise ConfigError('--optimizer=nesterov needs momentum; got --momentum=none')
-    return lrsched.sgd(lr, momentum, nesterov=config.optimizer == 'nesterov',
-                       weight_decay=config.weight_decay, decoupled_weight_decay=decoupled,
-                       velocity='caffe' if config.caffe_momentum else 'optax')
-  if config.optimizer == 'adamw':
-    if not decoupled and config.weight_decay:
-      raise ConfigError('--optimizer=adamw decays weights decoupled; pass '
-                        '--weight_decay_mode=decoupled')
-    return lrsched.adamw(lr, b1=0.9 if momentum is None else momentum,
-                         weight_decay=config.weight_decay)
-  if config.optimizer.startswith('schedule_free_'):
-    return _schedule_free(config, lr, momentum)
-  return lrsched.lars(lr, momentum=0.9 if momentum is None else momentum,
-                      weight_decay=config.weight_decay)
-
-
-def _schedule_free(config, lr, momentum):
-  # Schedule-free wants a constant LR after a warmup; any schedule is accepted (the method
-  # weighs its averages by the largest LR so far). inject_hyperparams exposes the LR and
-  # b1 to lrsched.hyperparams, as for the other optimizers.
-  if isinstance(momentum, lrsched.Schedule) or momentum is None:
-    raise ConfigError(f'--optimizer={config.optimizer} takes a constant interpolation b1 '
-                      f'as --momentum (e.g. 0.9), got --momentum={config.momentum}')
-  if config.optimizer == 'schedule_free_sgd':
-    return optax.inject_hyperparams(optax.contrib.schedule_free_sgd)(
-        learning_rate=lr, b1=momentum, weight_decay=config.weight_decay or None)
-  return optax.inject_hyperparams(optax.contrib.schedule_free_adamw)(
-      learning_rate=lr, b1=momentum, weight_decay=config.weight_decay)
-
-
 def evaluation_params(opt_state: optax.OptState, params: Any) -> tuple[Any, bool]:
   """The parameters to evaluate: for a schedule-free optimizer its average x (the
   training parameters are the interpolation y), else ``params``; and whether they are x."""
@@ -239,191 +72,9 @@ def evaluation_params(opt_state: optax.OptState, params: Any) -> tuple[Any, bool
   return optax.contrib.schedule_free_eval_params(states[0][1], params), True
 
 
-def check_devices(config: Config, num_devices: int) -> int:
-  """The per-device batch of the first phase; every divisibility rule is checked here, for
-  every batch phase, before compiling."""
-  locals_ = []
-  for change in config.batch_changes:
-    batch = change.batch_size
-    if batch % num_devices:
-      raise ConfigError(f'{change.flag}={batch} is not divisible by the {num_devices} '
-                        f'devices; use a multiple of {num_devices}')
-    local = batch // num_devices
-    if config.bn_group_size is not None and local % config.bn_group_size:
-      raise ConfigError(f'the per-device batch ({change.flag}={batch} / {num_devices} '
-                        f'devices = {local}) is not divisible by '
-                        f'--bn_group_size={config.bn_group_size}')
-    locals_.append(local)
-  return locals_[0]
-
-
-def compute_dtype(config: Config) -> Any:
-  """The dtype of the activations and convolutions (``--precision``)."""
-  return jnp.bfloat16 if config.precision == 'bfloat16' else jnp.float32
-
-
-def build_model(config: Config):
-  """The Flax model of ``config`` (ConfigError for a bad name or setting)."""
-  dtype = compute_dtype(config)
-  try:
-    return models.create_model(config.model, num_classes=100 if config.dataset == 'cifar100'
-                               else 10, dtype=dtype, bn_group_size=config.bn_group_size,
-                               bn_momentum=config.bn_momentum, bn_debias=config.bn_debias,
-                               dropout_rate=config.dropout_rate, shortcut=config.shortcut)
-  except ValueError as e:
-    raise ConfigError(f'--model: {e}') from None
-
-
-def nominal_train_size(config: Config) -> int:
-  """The training-set size a config asks for, known without loading the data."""
-  if config.train_examples is not None:
-    return config.train_examples
-  return config.synthetic_examples if config.dataset == 'synthetic' else 50_000
-
-
-def plan(config: Config, train_size: int, num_devices: int) -> Plan:
-  """Checks everything about ``config`` that needs no data and no compilation.
-
-  Raises ConfigError; `train_and_evaluate` calls it, and `experiments.compare` calls it for
-  every arm before the first one trains.
-  """
-  config.validate()
-  if config.dataset not in data.DATASETS:
-    raise ConfigError(f'unknown --dataset={config.dataset!r}; valid: {", ".join(data.DATASETS)}')
-  check_devices(config, num_devices)
-  phases, total_steps = resolve_phases(config, train_size)
-  k = config.steps_per_dispatch
-  for ph in phases:
-    if ph.first_step % k:
-      raise ConfigError(
-          f'--steps_per_dispatch={k} does not divide step {ph.first_step}, where the batch '
-          f'size becomes {ph.batch_size} (--batch_schedule): each phase is a program of its '
-          'own, and a shorter dispatch before its start would compile one more; use '
-          '--steps_per_dispatch=1, or a K that divides the phase starts')
-  lr, momentum = build_schedules(config, total_steps)
-  if len(phases) > 1 and config.batch_lr_scaling != 'none':
-    lr = BatchScaledSchedule(lr, phases, config.batch_lr_scaling)
-  tx = build_optimizer(config, lr, momentum)
-  return Plan(total_steps, train_size, phases, lr, momentum, tx,
-              tuple(p.batch_size // num_devices for p in phases))
-
-
-DATA_FILE = 'data.json'
-"""In a workdir: which data the run trains on (`Dataset.fingerprint`), checked on resume."""
-
-
-def data_record(dataset: data.Dataset) -> dict[str, Any]:
-  """What `DATA_FILE` holds about the data of a run."""
-  return {'fingerprint': dataset.fingerprint(), 'source': dataset.source,
-          'train_examples': len(dataset.train_labels),
-          'test_examples': len(dataset.test_labels)}
-
-
-def check_same_data(workdir: str, record: dict[str, Any]) -> None:
-  """ConfigError if the run in ``workdir`` trained on other examples than those of
-  ``record`` (`data_record`): ``--data_dir`` may move between a run and its resumption, the
-  data may not change."""
-  path = os.path.join(workdir, DATA_FILE)
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    saved = json.load(f)
-  if saved.get('fingerprint') != record['fingerprint']:
-    raise ConfigError(
-        f'--workdir={workdir} holds a run trained on other data ({saved.get("source")}, '
-        f'{saved.get("train_examples")} train examples) than {record["source"]} '
-        f'({record["train_examples"]}): resume it with the same data, or use another '
-        '--workdir')
-
-
-def check_workdir(workdir: str) -> None:
-  """ConfigError unless ``workdir`` is, or can be made, a writable folder (checked before
-  the data is loaded, so that a bad path costs seconds, not a compile)."""
-  path = os.path.abspath(workdir)
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise ConfigError(f'--workdir={workdir} is a file, not a folder; give a folder path')
-  existing = path
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise ConfigError(f'--workdir={workdir} lies under the file {existing}; give a folder '
-                      'path')
-  try:  # a real write: permission bits say nothing of read-only mounts, nor for root
-    with tempfile.TemporaryFile(dir=existing):
-      pass
-  except OSError as e:
-    raise ConfigError(f'--workdir={workdir}: {existing} is not writable ({e.strerror}); '
-                      'give a folder you can write to') from None
-
-
-def check_resumable(config: Config, workdir: str) -> None:
-  """A workdir holds one run: refuse to continue it with settings that change the result."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    saved = json.load(f)
-  current = dataclasses.asdict(config)
-  # A field added since the run started reads as its default there.
-  saved = {**dataclasses.asdict(Config()), **saved}
-  differ = sorted(k for k in set(saved) | set(current)
-                  if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
-  if differ:
-    detail = ', '.join(f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in differ)
-    raise ConfigError(f'--workdir={workdir} holds a run with other settings ({detail}); '
-                      'use another --workdir, or the same settings to resume it')
-
-
-BRANCH_FIELDS = ('dataset', 'model', 'shortcut', 'dropout_rate', 'bn_group_size', 'bn_debias',
-                 'optimizer', 'caffe_momentum', 'precision')
-"""What a branch (``--init_from``) must share with its parent: the arrays of the state and
-what they mean."""
-
-
-def check_parent(config: Config, workdir: str) -> tuple[str, int] | None:
-  """ConfigError unless ``--init_from`` names a run with the same model and optimizer and a
-  checkpoint at its step (checked from the parent's files, before anything loads)."""
-  parent = config.parent()
-  if parent is None:
-    return None
-  path, step = parent
-  flag = f'--init_from={config.init_from}'
-  if os.path.abspath(path) == os.path.abspath(workdir):
-    raise ConfigError(f'{flag}: a run cannot branch off itself; re-run it to resume it')
-  try:
-    with open(os.path.join(path, 'config.json')) as f:
-      saved = {**dataclasses.asdict(Config()), **json.load(f)}
-  except (OSError, ValueError) as e:
-    raise ConfigError(f'{flag}: {path} holds no readable run (config.json: '
-                      f'{getattr(e, "strerror", None) or e}); give the workdir of a run') from None
-  current = dataclasses.asdict(config)
-  differ = [k for k in BRANCH_FIELDS if saved.get(k) != current.get(k)]
-  if differ:
-    detail = ', '.join(f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in differ)
-    raise ConfigError(f'{flag}: the parent run has another model or optimizer ({detail}); a '
-                      'branch continues its state, so these must be the same')
-  steps = sorted(int(n) for n in os.listdir(os.path.join(path, 'checkpoints'))
-                 if n.isdigit()) if os.path.isdir(os.path.join(path, 'checkpoints')) else []
-  if step not in steps:
-    raise ConfigError(f'{flag}: {path} has no checkpoint at step {step} (it has '
-                      f'{", ".join(map(str, steps)) or "none"}); give one of its steps')
-  return path, step
-
 
 # --------------------------------------------------------------------------------------
 # The run.
-
-
-def create_state(model, tx, mesh, key, local_batch: int) -> parallel.TrainState:
-  def init(key):
-    params_key, dropout_key = jax.random.split(key)
-    variables = model.init({'params': params_key, 'dropout': dropout_key},
-                           jnp.zeros((local_batch, 32, 32, 3), jnp.float32), train=False)
-    params, batch_stats = variables['params'], variables.get('batch_stats', {})
-    return parallel.TrainState(jnp.zeros((), jnp.int32), params, batch_stats,
-                               tx.init(params), parallel.Metrics.zeros())
-
-  return jax.jit(init, out_shardings=parallel.replicated(mesh))(key)
 
 
 class StopRequest:
@@ -474,275 +125,309 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   ``devices``: the replicas' devices; default every device of the job (all hosts).
   """
   start_time = time.time()
-  config.validate()
-  workdir = config.workdir or config.default_workdir
-  is_primary = jax.process_index() == 0
-  devices = jax.devices() if devices is None else list(devices)
-  num_devices = len(devices)
-  check_devices(config, num_devices)
-  if config.dataset not in data.DATASETS:
-    raise ConfigError(f'unknown --dataset={config.dataset!r}; valid: {", ".join(data.DATASETS)}')
-  check_workdir(workdir)
-  check_resumable(config, workdir)
-  parent = check_parent(config, workdir)
-  model = build_model(config)  # before loading the data, so that a typo fails at once
-  dtype = compute_dtype(config)
+  setup = prepare(config, devices)
+  _log_plan(setup)
+  # Everything is checked: from here on, compile and run.
+  mesh = parallel.make_mesh(setup.devices)
+  init_key, step_key = jax.random.split(jax.random.key(config.seed))
+  state = create_state(setup.model, setup.plan.tx, mesh, init_key, setup.plan.local_batches[0])
+  # The writer and checkpointer are closed however the run ends (finished, stopped, or
+  # an error such as TrainingDiverged); the final path closes the checkpointer first so
+  # that its saves are on disk before summary.json says the run finished.
+  with contextlib.ExitStack() as resources:
+    checkpointer = Checkpointer(setup.workdir, config.keep_checkpoints)
+    resources.callback(checkpointer.close)
+    state, start_step, resumed = restore(setup, checkpointer, state)
+    writer = MetricWriter(setup.workdir, enabled=jax.process_index() == 0,
+                          resume_step=start_step)
+    resources.callback(writer.close)
+    write_run_files(setup)
+    run = Run(setup, mesh, step_key, checkpointer, writer, start_step, resumed, start_time)
+    state, stopped_by = run.train(state)
+    checkpointer.close()
+    run.progress.close()
+    summary = run.summary(stopped_by, start_step if resumed else None, command)
+    if stopped_by:
+      log.warning('stopped by %s at step %d: checkpoint saved; run the same command to resume',
+                  stopped_by, run.step)
+    else:
+      writer.summary(summary)
+  return summary
 
-  dataset = data.load(config.dataset, config.data_dir, train_examples=config.train_examples,
-                      seed=config.seed,
-                      synthetic_size=(config.synthetic_examples, config.synthetic_examples // 5))
-  data_used = data_record(dataset)
-  check_same_data(workdir, data_used)
-  train_size = len(dataset.train_labels)
-  p = plan(config, train_size, num_devices)
-  total_steps, lr_schedule, momentum = p.total_steps, p.lr_schedule, p.momentum
-  if parent is not None:
-    if parent[1] >= total_steps:
-      raise ConfigError(f'--init_from={config.init_from}: the branch has {total_steps} steps, '
-                        f'so it cannot start at step {parent[1]}; give more --steps')
-    check_same_data(parent[0], data_used)
+
+def _log_plan(setup: Setup) -> None:
+  p, devices = setup.plan, setup.devices
   log.info('%s: %d train / %d test examples, %d steps (%.1f epochs), %d devices (%s)',
-           dataset.source, train_size, len(dataset.test_labels), total_steps,
-           p.epoch_at(total_steps), num_devices, devices[0].device_kind)
+           setup.dataset.source, p.train_size, len(setup.dataset.test_labels), p.total_steps,
+           p.epoch_at(p.total_steps), len(devices), devices[0].device_kind)
   if len(p.phases) > 1:
     log.info('batch phases: %s', ', '.join(
         f'{ph.batch_size} from step {ph.first_step} (LR x{ph.lr_factor:.4g})' for ph in p.phases))
 
-  if config.eval_every:
-    eval_due = lambda step: step % config.eval_every == 0
-    next_eval = lambda step: _next_multiple(step, config.eval_every)
-  else:
-    # Once per epoch, whatever the batch phase: after the dispatch in which an epoch ends,
-    # so at the epoch's end with K = 1 steps per dispatch, and at the next multiple of K
-    # otherwise (dispatches start at multiples of K; an evaluation never changes training).
-    k = config.steps_per_dispatch
-    epochs_done = lambda step: p.examples_at(step) // train_size
-    eval_due = lambda step: epochs_done(step) > epochs_done((step - 1) // k * k)
-    next_eval = lambda step: _next_multiple(p.next_epoch_end(step) - 1, k)
 
-  # Everything is checked: from here on, compile and run.
-  mesh = parallel.make_mesh(devices)
-  init_key, step_key = jax.random.split(jax.random.key(config.seed))
-  state = create_state(model, p.tx, mesh, init_key, p.local_batches[0])
-  checkpointer = Checkpointer(workdir, config.keep_checkpoints)
+def restore(setup: Setup, checkpointer: Checkpointer, state: parallel.TrainState
+            ) -> tuple[parallel.TrainState, int, bool]:
+  """The state to start from, its step, and whether it is this run's own checkpoint: the
+  workdir's newest readable one, else a branch's parent at its step, else ``state``."""
   restored = checkpointer.restore_latest(abstract_like(state))
-  start_step = 0
   if restored is not None:
-    state, start_step = restored
-    log.info('resumed from the checkpoint at step %d in %s', start_step, workdir)
-  elif checkpointer.set_aside:
+    log.info('resumed from the checkpoint at step %d in %s', restored[1], setup.workdir)
+    return *restored, True
+  if checkpointer.set_aside:
     log.warning('no readable checkpoint in %s (set aside: %s): training from step 0',
                 checkpointer.directory, ', '.join(checkpointer.set_aside))
-  if restored is None and parent is not None:
-    # A branch: the parent's state at its step, then this run's schedule from there on.
-    parent_checkpoints = Checkpointer(parent[0], config.keep_checkpoints)
-    try:
-      state = parent_checkpoints.restore(
-          parent[1], abstract_like(state),
-          f'--init_from={config.init_from} needs the same model and optimizer state')
-    finally:
-      parent_checkpoints.close()
-    start_step = parent[1]
-    log.info('branched off %s at step %d', parent[0], start_step)
-  writer = MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
-  saved_record = checkpointer.record(start_step) if restored is not None else {}
-  if len(writer.evaluations) < saved_record.get('evaluations', 0):
-    log.warning('%s holds %d evaluations up to step %d, the checkpoint counted %d: rows were '
-                'lost; best_test_accuracy still counts them (from the checkpoint)',
-                writer.path, len(writer.evaluations), start_step, saved_record['evaluations'])
-  if is_primary:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json())
-    with open(os.path.join(workdir, DATA_FILE), 'w') as f:
-      json.dump(data_used, f, indent=2)
+  if setup.parent is None:
+    return state, 0, False
+  # A branch: the parent's state at its step, then this run's schedule from there on.
+  path, step = setup.parent
+  parent_checkpoints = Checkpointer(path, setup.config.keep_checkpoints)
+  try:
+    state = parent_checkpoints.restore(
+        step, abstract_like(state),
+        f'--init_from={setup.config.init_from} needs the same model and optimizer state')
+  finally:
+    parent_checkpoints.close()
+  log.info('branched off %s at step %d', path, step)
+  return state, step, False
 
-  train_images = parallel.put_replicated(mesh, dataset.train_images)
-  train_labels = parallel.put_replicated(mesh, dataset.train_labels.astype(np.int32))
-  mean = parallel.put_replicated(mesh, np.asarray(dataset.mean, np.float32))
-  std = parallel.put_replicated(mesh, np.asarray(dataset.std, np.float32))
-  evaluate = make_test_evaluation(model, mesh, dtype, dataset.test_images,
-                                  dataset.test_labels, mean, std)
-  if config.optimizer.startswith('schedule_free_'):
-    recalibrate = parallel.make_bn_recalibration(
-        model, mesh, dtype, p.local_batches[0], config.bn_momentum,
-        recalibration_sample(dataset.train_images, p.phases[0].batch_size, config.seed),
-        config.augment, jax.random.fold_in(step_key, BN_RECALIBRATION_KEY))
 
-  def evaluate_state(state: parallel.TrainState) -> tuple[jax.Array, jax.Array]:
-    params, averaged = evaluation_params(state.opt_state, state.params)
-    stats = recalibrate(params, state.batch_stats, mean, std) if averaged else state.batch_stats
-    return evaluate(params, stats)
-  train_steps: dict[int, Any] = {}  # one compiled step per batch phase, made when first used
+def write_run_files(setup: Setup) -> None:
+  """``config.json`` and `DATA_FILE` in the workdir (process 0): what a resumption and a
+  branch are checked against."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(setup.workdir, exist_ok=True)
+  with open(os.path.join(setup.workdir, 'config.json'), 'w') as f:
+    f.write(setup.config.to_json())
+  with open(os.path.join(setup.workdir, DATA_FILE), 'w') as f:
+    json.dump(setup.data_used, f, indent=2)
 
-  def train_fn(phase: int):
-    if phase not in train_steps:
-      ph = p.phases[phase]
-      train_steps[phase] = parallel.make_train_steps(
-          model, p.tx, mesh, parallel.StepConfig(
-              ph.batch_size, config.augment, dtype,
-              first_step=ph.first_step, first_example=ph.first_example), step_key)
-    return train_steps[phase]
 
-  def save(step: int, state: parallel.TrainState) -> None:
-    if not parallel.all_finite(state.params):  # never checkpoint a diverged state
-      checkpointer.close()
-      writer.close()
-      raise TrainingDiverged(step - 1, float(lr_schedule(step - 1)),
-                             'the parameters were NaN or inf after the update of',
-                             last_checkpoint=saved_step)
-    checkpointer.save(step, state, {'best_test_accuracy': best_accuracy,
-                                    'evaluations': len(writer.evaluations),
-                                    'elapsed_s': elapsed()})
+class Run:
+  """The training loop and what it carries between sync points: the compiled steps, the
+  best accuracy, the last checkpoint, the progress line."""
 
-  progress = Progress(total_steps, enabled=is_primary)
-  step = start_step
-  best_accuracy = max(writer.best('test_accuracy'),
-                      saved_record.get('best_test_accuracy', -1.0))
-  earlier_s = saved_record.get('elapsed_s', 0.0)  # the processes before this one
-  elapsed = lambda: earlier_s + time.time() - start_time  # the run's time over its processes
-  last = {'time': time.time(), 'step': step}
-  compile_s = None
-  stopped_by = None
-  saved_step = start_step if restored is not None else None
+  def __init__(self, setup: Setup, mesh, step_key: jax.Array, checkpointer: Checkpointer,
+               writer: MetricWriter, start_step: int, resumed: bool, start_time: float):
+    self.setup, self.config, self.plan, self.mesh = setup, setup.config, setup.plan, mesh
+    self.step_key, self.checkpointer, self.writer = step_key, checkpointer, writer
+    self.step = start_step
+    self.start_time = start_time
+    record = checkpointer.record(start_step) if resumed else {}
+    if len(writer.evaluations) < record.get('evaluations', 0):
+      log.warning('%s holds %d evaluations up to step %d, the checkpoint counted %d: rows were '
+                  'lost; best_test_accuracy still counts them (from the checkpoint)',
+                  writer.path, len(writer.evaluations), start_step, record['evaluations'])
+    self.earlier_s = record.get('elapsed_s', 0.0)  # the processes before this one
+    self.best_accuracy = max(writer.best('test_accuracy'),
+                             record.get('best_test_accuracy', -1.0))
+    self.saved_step = start_step if resumed else None
+    self.compile_s: float | None = None
+    self.last_time, self.last_step = time.time(), start_step
+    self.progress = Progress(self.plan.total_steps, enabled=jax.process_index() == 0)
+    self.data = put_training_data(mesh, setup.dataset)
+    self.evaluate = make_state_evaluation(setup, mesh, self.data, step_key)
+    self.eval_due, self.next_eval = evaluation_cadence(self.config, self.plan)
+    self._train_steps: dict[int, Any] = {}
 
-  def sync_point(step: int, state: parallel.TrainState) -> parallel.TrainState:
-    """After ``step`` updates: reads the (few) scalars, checks for divergence, logs, and
-    evaluates and saves when due."""
-    nonlocal best_accuracy, saved_step
+  def train(self, state: parallel.TrainState) -> tuple[parallel.TrainState, str | None]:
+    """Trains from ``self.step`` to the end, or to a stop (SIGTERM, Ctrl-C: saved);
+    returns the state and the signal's name if stopped."""
+    p, config = self.plan, self.config
+    single_process = jax.process_count() == 1
+    warn_slow = self.setup.devices[0].platform == 'cpu'
+    in_flight: list[jax.Array] = []
+    stopped_by = None
+    with StopRequest() as stop:
+      while self.step < p.total_steps:
+        step, phase = self.step, p.phase_at(self.step)
+        phase_end = (p.phases[phase + 1].first_step if phase + 1 < len(p.phases)
+                     else p.total_steps)
+        boundary = min(phase_end, self.next_eval(step),
+                       _next_multiple(step, config.checkpoint_every),
+                       _next_multiple(step, config.log_every))
+        n = min(config.steps_per_dispatch, boundary - step)
+        if step == p.phases[phase].first_step and phase > 0:
+          self.progress.note(f'step {step}: batch size {p.phases[phase - 1].batch_size} -> '
+                             f'{p.phases[phase].batch_size}')
+        t0 = time.time()
+        state = self.train_step(phase)(state, *self.data, n)
+        self.step = step = step + n
+        # The host stays at most two dispatches ahead of the device, so that a stop (and a
+        # progress line) comes within a step or two, not after a long queue of them.
+        in_flight.append(state.step + 0)  # a copy: the state itself is donated to the next
+        if len(in_flight) > 2:
+          jax.block_until_ready(in_flight.pop(0))
+        if self.compile_s is None:
+          jax.block_until_ready(state.step)
+          self.compile_s = time.time() - t0
+          self.last_time, self.last_step = time.time(), step
+          self.progress.start_at(step)
+          self.progress.note(f'step {step}: compiled and ran the first dispatch in '
+                             f'{self.compile_s:.1f} s')
+        # Evaluations, checkpoints and phase ends are boundaries, hence sync points: a stop
+        # between them skips nothing that was due.
+        at_sync_point = step == boundary or step == p.total_steps
+        if at_sync_point:
+          state = self.sync_point(state)
+        elif single_process and time.time() - self.last_time > REFRESH_SECONDS:
+          self.refresh(state)  # the progress line on a wall-clock cadence too
+        if warn_slow and self.progress.eta_s > SLOW_CPU_SECONDS:
+          warn_slow = False
+          log.warning('on this CPU the run needs about %.1f more hours at the measured speed; '
+                      'a run sized for CPUs: --preset=cpu-quickstart (minutes), or python -m '
+                      'experiments.compare --suite=cpu-budget (about 2 hours)',
+                      self.progress.eta_s / 3600)
+        if stop.requested(at_sync_point=at_sync_point) and step < p.total_steps:
+          stopped_by = signal.Signals(stop.signal or signal.SIGTERM).name
+          break
+      # Still under StopRequest: a repeated SIGTERM cannot cut the save short.
+      if stopped_by is not None and self.saved_step != self.step:
+        self.save(state)
+    return state, stopped_by
+
+  def train_step(self, phase: int):
+    """The compiled steps of a batch phase, made when first used."""
+    if phase not in self._train_steps:
+      ph = self.plan.phases[phase]
+      self._train_steps[phase] = parallel.make_train_steps(
+          self.setup.model, self.plan.tx, self.mesh, parallel.StepConfig(
+              ph.batch_size, self.config.augment, self.setup.dtype,
+              first_step=ph.first_step, first_example=ph.first_example), self.step_key)
+    return self._train_steps[phase]
+
+  def elapsed(self) -> float:
+    """The run's time to here over all its processes."""
+    return self.earlier_s + time.time() - self.start_time
+
+  def sync_point(self, state: parallel.TrainState) -> parallel.TrainState:
+    """After ``self.step`` updates: reads the (few) scalars, checks for divergence, logs, and
+    evaluates and saves when due. The final checkpoint follows the final evaluation: a run
+    resumed from it has nothing left to do."""
+    p, step, lr_schedule = self.plan, self.step, self.plan.lr_schedule
     hp = lrsched.hyperparams(state.opt_state)
     metrics = jax.device_get(state.metrics)
     if metrics.first_nonfinite_step >= 0:
       bad = int(metrics.first_nonfinite_step)
-      checkpointer.close()
-      writer.close()
-      raise TrainingDiverged(bad, float(lr_schedule(bad)), last_checkpoint=saved_step)
-    now = time.time()
-    images_per_sec = ((p.examples_at(step) - p.examples_at(last['step']))
-                      / max(now - last['time'], 1e-9))
-    lr_now = float(hp['learning_rate'])
+      raise TrainingDiverged(bad, float(lr_schedule(bad)), last_checkpoint=self.saved_step)
     mom = hp.get('momentum', hp.get('b1'))  # b1: the schedule-free interpolation
-    mom_now = None if mom is None else float(mom)
     train_loss = float(metrics.loss_sum / max(metrics.count, 1))
-    progress.update(step, lr=lr_now, loss=train_loss, images_per_sec=images_per_sec)
-    row = {'step': step, 'epoch': p.epoch_at(step), 'lr': lr_now, 'momentum': mom_now,
+    images_per_sec = self._images_per_sec()
+    self.progress.update(step, lr=float(hp['learning_rate']), loss=train_loss,
+                         images_per_sec=images_per_sec)
+    row = {'step': step, 'epoch': p.epoch_at(step), 'lr': float(hp['learning_rate']),
+           'momentum': None if mom is None else float(mom),
            'batch_size': p.phases[p.phase_at(step - 1)].batch_size,
            'examples': p.examples_at(step), 'train_loss': train_loss,
            'train_accuracy': float(metrics.correct / max(metrics.count, 1)),
            'images_per_sec': images_per_sec}
-    if not (eval_due(step) or step == total_steps):
-      writer.train({**row, 'elapsed_s': elapsed()})
+    if not (self.eval_due(step) or step == p.total_steps):
+      self.writer.train({**row, 'elapsed_s': self.elapsed()})
     else:
-      test_loss, test_accuracy = (float(v) for v in evaluate_state(state))
+      test_loss, test_accuracy = (float(v) for v in self.evaluate(state))
       if not math.isfinite(test_loss):
-        checkpointer.close()
-        writer.close()
         # Step t diverges when the loss of the parameters after t updates is NaN or inf,
         # as the step's own record counts it (parallel.Metrics): here t = step.
         raise TrainingDiverged(step, float(lr_schedule(step - 1)),
-                               'the test loss was NaN or inf at', last_checkpoint=saved_step)
-      best_accuracy = max(best_accuracy, test_accuracy)
-      writer.evaluation({**row, 'test_loss': test_loss, 'test_accuracy': test_accuracy,
-                         'elapsed_s': elapsed()})
-      progress.note(f'step {step}: test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}')
+                               'the test loss was NaN or inf at',
+                               last_checkpoint=self.saved_step)
+      self.best_accuracy = max(self.best_accuracy, test_accuracy)
+      self.writer.evaluation({**row, 'test_loss': test_loss, 'test_accuracy': test_accuracy,
+                              'elapsed_s': self.elapsed()})
+      self.progress.note(f'step {step}: test accuracy {test_accuracy:.4f}, loss '
+                         f'{test_loss:.4f}')
       state = state._replace(metrics=jax.device_put(parallel.Metrics.zeros(),
-                                                    parallel.replicated(mesh)))
-    if (step % config.checkpoint_every == 0 or step == total_steps) and saved_step != step:
-      save(step, state)
-      saved_step = step
-    last.update(time=time.time(), step=step)
+                                                    parallel.replicated(self.mesh)))
+    if ((step % self.config.checkpoint_every == 0 or step == p.total_steps)
+        and self.saved_step != step):
+      self.save(state)
+    self.last_time, self.last_step = time.time(), step
     return state
 
-  def refresh(step: int, state: parallel.TrainState) -> None:
+  def refresh(self, state: parallel.TrainState) -> None:
     """The progress line between sync points (reads the metrics; changes nothing)."""
     metrics = jax.device_get(state.metrics)
-    now = time.time()
-    progress.update(step, lr=float(lr_schedule(step - 1)),
-                    loss=float(metrics.loss_sum / max(metrics.count, 1)),
-                    images_per_sec=((p.examples_at(step) - p.examples_at(last['step']))
-                                    / max(now - last['time'], 1e-9)))
-    last.update(time=now, step=step)
+    self.progress.update(self.step, lr=float(self.plan.lr_schedule(self.step - 1)),
+                         loss=float(metrics.loss_sum / max(metrics.count, 1)),
+                         images_per_sec=self._images_per_sec())
+    self.last_time, self.last_step = time.time(), self.step
 
-  # Refreshing between sync points is a host read: with several processes every host must
-  # take the same path, so only the deterministic cadence (--log_every) is used there.
-  single_process = jax.process_count() == 1
-  on_cpu, warned_slow = devices[0].platform == 'cpu', False
-  in_flight: list[jax.Array] = []
-  # The final checkpoint is written after the final evaluation: a run resumed from it has
-  # nothing left to do.
-  with StopRequest() as stop:
-    while step < total_steps:
-      phase = p.phase_at(step)
-      phase_end = (p.phases[phase + 1].first_step if phase + 1 < len(p.phases)
-                   else total_steps)
-      boundary = min(phase_end, next_eval(step), _next_multiple(step, config.checkpoint_every),
-                     _next_multiple(step, config.log_every))
-      n = min(config.steps_per_dispatch, boundary - step)
-      if step == p.phases[phase].first_step and phase > 0:
-        progress.note(f'step {step}: batch size {p.phases[phase - 1].batch_size} -> '
-                      f'{p.phases[phase].batch_size}')
-      t0 = time.time()
-      state = train_fn(phase)(state, train_images, train_labels, mean, std, n)
-      step += n
-      # The host stays at most two dispatches ahead of the device, so that a stop (and a
-      # progress line) comes within a step or two, not after a long queue of them.
-      in_flight.append(state.step + 0)  # a copy: the state itself is donated to the next
-      if len(in_flight) > 2:
-        jax.block_until_ready(in_flight.pop(0))
-      if compile_s is None:
-        jax.block_until_ready(state.step)
-        compile_s = time.time() - t0
-        last.update(time=time.time(), step=step)
-        progress.start_at(step)
-        progress.note(f'step {step}: compiled and ran the first dispatch in {compile_s:.1f} s')
-      # Evaluations, checkpoints and phase ends are boundaries, hence sync points: a stop
-      # between them skips nothing that was due.
-      at_sync_point = step == boundary or step == total_steps
-      if at_sync_point:
-        state = sync_point(step, state)
-      elif single_process and time.time() - last['time'] > REFRESH_SECONDS:
-        refresh(step, state)  # the progress line on a wall-clock cadence too
-      if not warned_slow and progress.eta_s > SLOW_CPU_SECONDS and on_cpu:
-        warned_slow = True
-        log.warning('on this CPU the run needs about %.1f more hours at the measured speed; '
-                    'a run sized for CPUs: --preset=cpu-quickstart (minutes), or python -m '
-                    'experiments.compare --suite=cpu-budget (about 2 hours)',
-                    progress.eta_s / 3600)
-      if stop.requested(at_sync_point=at_sync_point) and step < total_steps:
-        stopped_by = signal.Signals(stop.signal or signal.SIGTERM).name
-        break
-    if stopped_by is not None and saved_step != step:
-      save(step, state)
-  checkpointer.close()
-  progress.close()
+  def _images_per_sec(self) -> float:
+    seen = self.plan.examples_at(self.step) - self.plan.examples_at(self.last_step)
+    return seen / max(time.time() - self.last_time, 1e-9)
 
-  final = writer.last_evaluation()
-  summary = {
-      'status': 'interrupted' if stopped_by else 'finished',
-      'steps': step, 'total_steps': total_steps, 'epochs': p.epoch_at(step),
-      'final_test_accuracy': final.get('test_accuracy') if final else None,
-      'best_test_accuracy': best_accuracy if best_accuracy >= 0 else None,
-      'final_test_loss': final.get('test_loss') if final else None,
-      # The run's time to here over all its processes (up to the checkpoint each resumed
-      # from), and this process's alone.
-      'wall_time_s': elapsed(),
-      'this_process_s': time.time() - start_time, 'compile_s': compile_s,
-      'resumed_from_step': (start_step or None) if restored is not None else None,
-      'parent': (None if parent is None else
-                 {'workdir': os.path.abspath(parent[0]), 'step': parent[1]}),
-      'device_kind': devices[0].device_kind, 'device_count': num_devices,
-      'process_count': jax.process_count(), 'data': dataset.source,
-      'schedule': repr(lr_schedule), 'momentum': repr(momentum),
-      'batch_phases': [ph._asdict() for ph in p.phases],
-      'command': command or ' '.join(sys.argv), 'jax_version': jax.__version__,
-  }
-  if stopped_by:
-    log.warning('stopped by %s at step %d: checkpoint saved; run the same command to resume',
-                stopped_by, step)
-  else:
-    writer.summary(summary)
-  writer.close()
-  return summary
+  def save(self, state: parallel.TrainState) -> None:
+    """A checkpoint at ``self.step``; never of a diverged state."""
+    if not parallel.all_finite(state.params):
+      raise TrainingDiverged(self.step - 1, float(self.plan.lr_schedule(self.step - 1)),
+                             'the parameters were NaN or inf after the update of',
+                             last_checkpoint=self.saved_step)
+    self.checkpointer.save(self.step, state, {'best_test_accuracy': self.best_accuracy,
+                                              'evaluations': len(self.writer.evaluations),
+                                              'elapsed_s': self.elapsed()})
+    self.saved_step = self.step
+
+  def summary(self, stopped_by: str | None, resumed_from: int | None,
+              command: str | None) -> dict[str, Any]:
+    """What ``summary.json`` says of the run (and `train_and_evaluate` returns)."""
+    p, step, final = self.plan, self.step, self.writer.last_evaluation()
+    devices = self.setup.devices
+    return {
+        'status': 'interrupted' if stopped_by else 'finished',
+        'steps': step, 'total_steps': p.total_steps, 'epochs': p.epoch_at(step),
+        'final_test_accuracy': final.get('test_accuracy') if final else None,
+        'best_test_accuracy': self.best_accuracy if self.best_accuracy >= 0 else None,
+        'final_test_loss': final.get('test_loss') if final else None,
+        # The run's time to here over all its processes (up to the checkpoint each resumed
+        # from), and this process's alone.
+        'wall_time_s': self.elapsed(),
+        'this_process_s': time.time() - self.start_time, 'compile_s': self.compile_s,
+        'resumed_from_step': resumed_from or None,
+        'parent': (None if self.setup.parent is None else
+                   {'workdir': os.path.abspath(self.setup.parent[0]),
+                    'step': self.setup.parent[1]}),
+        'device_kind': devices[0].device_kind, 'device_count': len(devices),
+        'process_count': jax.process_count(), 'data': self.setup.dataset.source,
+        'schedule': repr(p.lr_schedule), 'momentum': repr(p.momentum),
+        'batch_phases': [ph._asdict() for ph in p.phases],
+        'command': command or ' '.join(sys.argv), 'jax_version': jax.__version__,
+    }
+
+
+def evaluation_cadence(config: Config, p: Plan):
+  """``(eval_due(step), next_eval(step))``: whether the sync point after ``step`` updates
+  evaluates, and the next step that does."""
+  if config.eval_every:
+    return (lambda step: step % config.eval_every == 0,
+            lambda step: _next_multiple(step, config.eval_every))
+  # Once per epoch, whatever the batch phase: after the dispatch in which an epoch ends,
+  # so at the epoch's end with K = 1 steps per dispatch, and at the next multiple of K
+  # otherwise (dispatches start at multiples of K; an evaluation never changes training).
+  k = config.steps_per_dispatch
+  epochs_done = lambda step: p.examples_at(step) // p.train_size
+  return (lambda step: epochs_done(step) > epochs_done((step - 1) // k * k),
+          lambda step: _next_multiple(p.next_epoch_end(step) - 1, k))
+
+
+def make_state_evaluation(setup: Setup, mesh, data: TrainingData, step_key: jax.Array):
+  """``evaluate(state) -> (test loss, test accuracy)``: of the schedule-free average (its
+  batch-norm statistics recomputed there) or of the training parameters."""
+  dataset, config = setup.dataset, setup.config
+  evaluate = make_test_evaluation(setup.model, mesh, setup.dtype, dataset.test_images,
+                                  dataset.test_labels, data.mean, data.std)
+  if not config.optimizer.startswith('schedule_free_'):
+    return lambda state: evaluate(state.params, state.batch_stats)
+  recalibrate = parallel.make_bn_recalibration(
+      setup.model, mesh, setup.dtype, setup.plan.local_batches[0], config.bn_momentum,
+      recalibration_sample(dataset.train_images, setup.plan.phases[0].batch_size, config.seed),
+      config.augment, jax.random.fold_in(step_key, BN_RECALIBRATION_KEY))
+
+  def evaluate_state(state: parallel.TrainState) -> tuple[jax.Array, jax.Array]:
+    params, averaged = evaluation_params(state.opt_state, state.params)
+    stats = recalibrate(params, state.batch_stats, data.mean, data.std) if averaged else \
+        state.batch_stats
+    return evaluate(params, stats)
+  return evaluate_state
 
 
 def make_test_evaluation(model, mesh, dtype: Any, images: np.ndarray, labels: np.ndarray,

@@ -206,11 +206,8 @@ def super_convergence(base_lr: Numeric = 0.1, max_lr: Numeric = 3.0,
     max_lr: the peak LR at step ``step_size``, >= ``base_lr``.
     step_size: S, half the run, >= 1; ``total_steps`` is 2S.
   """
-  where = 'super_convergence'
-  _base.check_lr(where, 'base_lr', base_lr)
-  _base.check_lr(where, 'max_lr', max_lr)
-  _base.check_order(where, 'base_lr', base_lr, 'max_lr', max_lr)
-  _base.check_steps(where, 'step_size', step_size)
+  _check_bounds('super_convergence', base_lr, max_lr)
+  _base.check_steps('super_convergence', 'step_size', step_size)
   cycle = cyclical.triangular(base_lr, max_lr, step_size)
   end = 2 * step_size
 
@@ -218,6 +215,21 @@ def super_convergence(base_lr: Numeric = 0.1, max_lr: Numeric = 3.0,
     return cycle(jnp.minimum(step, min(end, _base.INT32_MAX)))
 
   return Shape(fn, boundaries=cycle.boundaries, total_steps=end)
+
+
+def _check_bounds(where: str, base_lr: Any, max_lr: Any) -> None:
+  _base.check_lr(where, 'base_lr', base_lr)
+  _base.check_lr(where, 'max_lr', max_lr)
+  _base.check_order(where, 'base_lr', base_lr, 'max_lr', max_lr)
+
+
+def _check_smith(where: str, base_lr: Any, max_lr: Any, total_steps: Any, step_size: Any,
+                 annihilation: Any) -> int:
+  """Checks the arguments of Smith's and Caffe's 1cycles; returns the step size."""
+  _check_bounds(where, base_lr, max_lr)
+  size = _smith_step_size(where, total_steps, step_size)
+  _base.check_range(where, 'annihilation', annihilation, 0, 1)
+  return size
 
 
 def _smith_step_size(where: str, total_steps: Any, step_size: Any) -> int:
@@ -258,12 +270,7 @@ def smith_one_cycle(base_lr: Numeric, max_lr: Numeric, total_steps: int,
     annihilation: a, the final LR as a fraction of ``base_lr``, in [0, 1] (Smith:
       1/1000 of the base).
   """
-  where = 'smith_one_cycle'
-  _base.check_lr(where, 'base_lr', base_lr)
-  _base.check_lr(where, 'max_lr', max_lr)
-  _base.check_order(where, 'base_lr', base_lr, 'max_lr', max_lr)
-  size = _smith_step_size(where, total_steps, step_size)
-  _base.check_range(where, 'annihilation', annihilation, 0, 1)
+  size = _check_smith('smith_one_cycle', base_lr, max_lr, total_steps, step_size, annihilation)
   cycle_end = 2 * size
 
   def fn(step):
@@ -332,12 +339,7 @@ def caffe_one_cycle(base_lr: Numeric, max_lr: Numeric, total_steps: int,
     step_size: S, in [0, T // 2]; None for ``int(0.45 * T)``.
     annihilation: a, the LR after the cycle as a fraction of ``base_lr``, in [0, 1].
   """
-  where = 'caffe_one_cycle'
-  _base.check_lr(where, 'base_lr', base_lr)
-  _base.check_lr(where, 'max_lr', max_lr)
-  _base.check_order(where, 'base_lr', base_lr, 'max_lr', max_lr)
-  size = _smith_step_size(where, total_steps, step_size)
-  _base.check_range(where, 'annihilation', annihilation, 0, 1)
+  size = _check_smith('caffe_one_cycle', base_lr, max_lr, total_steps, step_size, annihilation)
 
   def fn(step):
     # Up to the peak, down towards 0, then a jump (the repeated knot) to the final LR.

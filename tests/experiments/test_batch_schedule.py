@@ -9,15 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import parallel, train
-from experiments.config import (
-    Config,
-    ConfigError,
-    examples_at,
-    first_step_reaching,
-    parse_batch_schedule,
-    resolve_phases,
-)
+from experiments import parallel, setup, train
+from experiments.config import Config, ConfigError, parse_batch_schedule
+from experiments.phases import examples_at, first_step_reaching, resolve_phases
 from tests.experiments.test_train import assert_trees_equal, final_params, preempt_at
 
 
@@ -55,10 +49,10 @@ def test_every_phase_is_checked_against_devices_and_bn_groups(tmp_path):
     phased(batch_schedule='0.5:66').validate()
   with pytest.raises(ConfigError, match=r'batch at epoch 0.5=36 is not divisible by the 8 '
                                         'devices'):
-    train.check_devices(phased(batch_schedule='0.5:36', bn_group_size=None), 8)
+    setup.check_devices(phased(batch_schedule='0.5:36', bn_group_size=None), 8)
   with pytest.raises(ConfigError, match=r'per-device batch \(--batch_schedule batch at epoch '
                                         r'0.5=96 / 8 devices = 12\)'):
-    train.check_devices(phased(batch_size=64, batch_schedule='0.5:96', bn_group_size=8), 8)
+    setup.check_devices(phased(batch_size=64, batch_schedule='0.5:96', bn_group_size=8), 8)
   with pytest.raises(ConfigError, match='larger than the training set'):
     resolve_phases(phased(batch_schedule='0.5:256'), 128)
   with pytest.raises(ConfigError, match='starts after the run ends at step 2'):
@@ -88,12 +82,12 @@ def test_phases_start_at_the_first_step_reaching_their_epoch():
 
 def test_lr_follows_the_batch_scaling_rule():
   for rule, factor in (('none', 1.0), ('linear', 2.0), ('sqrt', 2 ** 0.5)):
-    plan = train.plan(phased(batch_lr_scaling=rule), 128, 8)
+    plan = setup.plan(phased(batch_lr_scaling=rule), 128, 8)
     assert [p.batch_size for p in plan.phases] == [32, 64]
     lrs = np.asarray(plan.lr_schedule(jnp.arange(5)))
     np.testing.assert_allclose(lrs, [0.1, 0.1, 0.1 * factor, 0.1 * factor, 0.1 * factor],
                                rtol=1e-6)
-  plan = train.plan(phased(eval_every=None), 128, 8)
+  plan = setup.plan(phased(eval_every=None), 128, 8)
   # Epoch ends: 64 examples = half an epoch per 2 steps of 32, then 64 per step.
   assert [plan.next_epoch_end(s) for s in range(5)] == [3, 3, 3, 5, 5]
 
@@ -168,5 +162,5 @@ def test_steps_per_dispatch_must_divide_the_phase_starts():
   config = phased(steps_per_dispatch=4, eval_every=4, log_every=4, checkpoint_every=4,
                   steps=8)
   with pytest.raises(ConfigError, match='does not divide step 2, where the batch size becomes 64'):
-    train.plan(config, 128, 1)
-  assert train.plan(config.replace(steps_per_dispatch=2), 128, 1).phases[1].first_step == 2
+    setup.plan(config, 128, 1)
+  assert setup.plan(config.replace(steps_per_dispatch=2), 128, 1).phases[1].first_step == 2

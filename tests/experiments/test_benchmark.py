@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import benchmark, data, models, parallel, train
+from experiments import benchmark, data, models, parallel, setup
 from experiments.config import Config
 from tests.xla_flags import with_devices
 
@@ -119,10 +119,10 @@ def test_flops_per_step_counts_every_device(quick_report):
   row = quick_report[0]['results'][0]
   config = Config(model='resnet8', batch_size=16, dataset='synthetic', lr=0.8)
   model = models.create_model('resnet8', num_classes=10, bn_momentum=config.bn_momentum)
-  total_steps = train.resolve_steps(config, 256)
-  tx = train.build_optimizer(config, *train.build_schedules(config, total_steps))
+  total_steps = setup.resolve_steps(config, 256)
+  tx = setup.build_optimizer(config, *setup.build_schedules(config, total_steps))
   mesh = parallel.make_mesh(jax.devices()[:1])
-  state = train.create_state(model, tx, mesh, jax.random.key(0), 16)
+  state = setup.create_state(model, tx, mesh, jax.random.key(0), 16)
   step = parallel.make_train_steps(
       model, tx, mesh, parallel.StepConfig(16, 'flip', jnp.float32),
       jax.random.key(1))
@@ -171,12 +171,12 @@ def test_the_cpu_lowering_counts_the_flops_of_one_device():
   # per-device FLOPs.
   config = Config(model='resnet8', batch_size=16, dataset='synthetic', lr=0.8)
   model = models.create_model('resnet8', num_classes=10)
-  tx = train.build_optimizer(config, *train.build_schedules(config, 100))
+  tx = setup.build_optimizer(config, *setup.build_schedules(config, 100))
   ds = data.load('synthetic', synthetic_size=(256, 64))
   flops = {}
   for devices, batch in ((2, 16), (1, 8)):
     mesh = parallel.make_mesh(jax.devices()[:devices])
-    state = train.create_state(model, tx, mesh, jax.random.key(0), 8)
+    state = setup.create_state(model, tx, mesh, jax.random.key(0), 8)
     args = [parallel.put_replicated(mesh, a) for a in (
         ds.train_images, ds.train_labels.astype(np.int32), ds.mean, ds.std)]
     cfg = parallel.StepConfig(batch, 'flip', jnp.float32)

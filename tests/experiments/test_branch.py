@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from experiments import compare, train
+from experiments import compare, setup, train
 from experiments.config import Config, ConfigError
 from tests.experiments.test_train import assert_trees_equal, final_params, tiny
 
@@ -76,7 +76,7 @@ def test_a_parent_with_another_state_layout_is_refused_naming_the_arrays(parent,
 
 def test_a_branch_cannot_start_from_itself(tmp_path):
   with pytest.raises(ConfigError, match='cannot branch off itself'):
-    train.check_parent(tiny(tmp_path, init_from=f'{tmp_path}@3'), str(tmp_path))
+    setup.check_parent(tiny(tmp_path, init_from=f'{tmp_path}@3'), str(tmp_path))
 
 
 def test_compare_resolves_arm_names_and_wants_the_parent_first(tmp_path):

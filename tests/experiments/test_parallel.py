@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import lrsched
-from experiments import models, parallel, train
+from experiments import models, parallel, setup
 
 BATCH = 16
 
@@ -32,7 +32,7 @@ def _step(precision: str, num_devices: int = 1, max_lr: float = 0.1, **kwargs):
   steps = parallel.make_train_steps(model, tx, mesh,
                                     parallel.StepConfig(BATCH, 'crop+flip', dtype),
                                     jax.random.key(1), **kwargs)
-  state = train.create_state(model, tx, mesh, jax.random.key(0), BATCH // num_devices)
+  state = setup.create_state(model, tx, mesh, jax.random.key(0), BATCH // num_devices)
   rng = np.random.default_rng(0)
   put = lambda a: parallel.put_replicated(mesh, a)
   inputs = (put(rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)),

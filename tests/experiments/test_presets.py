@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from experiments import cifar, compare, presets, train
+from experiments import cifar, compare, presets, setup
 from experiments.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,7 +22,7 @@ def test_every_preset_is_a_valid_run_on_one_gpu(name):
   preset = presets.get(name)
   config = preset.config()
   config.validate()
-  plan = train.plan(config, train.nominal_train_size(config), num_devices=1)
+  plan = setup.plan(config, setup.nominal_train_size(config), num_devices=1)
   assert plan.total_steps >= 1
   # The schedule has a value at every step of the run (one vectorised call).
   lrs = np.asarray(plan.lr_schedule(np.arange(plan.total_steps)))
@@ -35,7 +35,7 @@ def test_every_preset_is_a_valid_run_on_one_gpu(name):
 
 def _plan(name):
   config = presets.get(name).config()
-  return train.plan(config, train.nominal_train_size(config), num_devices=1)
+  return setup.plan(config, setup.nominal_train_size(config), num_devices=1)
 
 
 def test_super_convergence_presets_match_the_papers_numbers():
@@ -154,7 +154,7 @@ def test_the_cpu_suite_differs_only_in_the_schedule():
     assert config.model == 'resnet20' and config.batch_size == 128
   assert configs['cpu-budget-step-4x'].steps == 4 * configs['cpu-budget-step'].steps
   for name, config in configs.items():  # each arm plans against CIFAR-10's 50k examples
-    plan = train.plan(config, 50_000, 1)
+    plan = setup.plan(config, 50_000, 1)
     assert plan.total_steps == config.steps, name
   assert configs['cpu-budget-1cycle'].momentum == 'cyclical'
 
@@ -192,7 +192,7 @@ def test_the_modern_bench_branches_its_wsd_decays_off_the_stable_run(bench):
     values = dataclasses.asdict(config)
     assert {k for k in values if values[k] != first[k]} <= varying
   stable = configs['wsd-stable']
-  stable_plan = train.plan(stable, 50_000, 1)
+  stable_plan = setup.plan(stable, 50_000, 1)
   for shape in ('sqrt', 'linear'):
     branch = configs[f'wsd-{shape}']
     parent, step = branch.parent()
@@ -203,7 +203,7 @@ def test_the_modern_bench_branches_its_wsd_decays_off_the_stable_run(bench):
     assert step % stable.checkpoint_every == 0 and step < stable.steps
     kept = list(range(stable.checkpoint_every, stable.steps, stable.checkpoint_every))
     assert step in [*kept, stable.steps][-stable.keep_checkpoints:]
-    lrs = np.asarray(train.plan(branch, 50_000, 1).lr_schedule(np.arange(branch.steps)))
+    lrs = np.asarray(setup.plan(branch, 50_000, 1).lr_schedule(np.arange(branch.steps)))
     before = np.asarray(stable_plan.lr_schedule(np.arange(step)))
     np.testing.assert_array_equal(lrs[:step], before)
     assert lrs[step + 1] < lrs[step] == lrs[step - 1] and lrs[-1] < 1e-2 * lrs[step]

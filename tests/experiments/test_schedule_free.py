@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import data, models, parallel, train
+from experiments import data, models, parallel, setup, train
 from experiments.config import ConfigError
 from tests.experiments.test_train import assert_trees_equal, evaluations, final_params, tiny
 
@@ -19,7 +19,7 @@ SF = dict(optimizer='schedule_free_sgd', schedule='warmup(constant(0.5), warmup_
 def test_evaluation_params_are_the_average_for_schedule_free_only():
   params = {'w': jnp.ones(3)}
   grads = {'w': jnp.asarray([1.0, -2.0, 0.5])}
-  tx = train._build_optimizer(tiny('/tmp/unused', **SF), optax.constant_schedule(0.5), 0.9)
+  tx = setup._build_optimizer(tiny('/tmp/unused', **SF), optax.constant_schedule(0.5), 0.9)
   state = tx.init(params)
   for _ in range(3):
     updates, state = tx.update(grads, state, params)

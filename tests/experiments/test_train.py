@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import data, parallel, train
+from experiments import data, parallel, setup, train
 from experiments.config import Config, ConfigError
 from experiments.metrics import Progress
 from tests.xla_flags import with_devices
@@ -280,11 +280,11 @@ def test_resuming_on_other_data_is_refused(finished_run, tmp_path):
   import shutil
   workdir = tmp_path / 'moved'
   shutil.copytree(finished_run[0], workdir)
-  saved = json.load(open(workdir / train.DATA_FILE))
+  saved = json.load(open(workdir / setup.DATA_FILE))
   assert saved['train_examples'] == 256
   assert saved['fingerprint'] == data.load(
       'synthetic', synthetic_size=(256, 51)).fingerprint()
-  with open(workdir / train.DATA_FILE, 'w') as f:
+  with open(workdir / setup.DATA_FILE, 'w') as f:
     json.dump({**saved, 'fingerprint': 'another dataset'}, f)
   with pytest.raises(ConfigError, match='holds a run trained on other data'):
     train.train_and_evaluate(tiny(workdir))

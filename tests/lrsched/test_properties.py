@@ -217,16 +217,23 @@ def test_bounds_end_and_jit(name, data):
   if total is not None:
     points += [total - 1, total, total + 1]
   steps = np.clip(np.asarray(points, np.int64), 0, INT32_MAX).astype(np.int32)
-  eager = np.asarray([np.float32(schedule(int(s))) for s in steps])
+  # Eager: op by op over the whole array (the same elementwise arithmetic as one step at
+  # a time, at 1/15 of the dispatches), and at Python ints, which as_step clamps in Python,
+  # at the ends.
+  eager = np.asarray(schedule(jnp.asarray(steps)), np.float32)
+  ends = [0, -1, *([] if total is None else [-2, -4])]  # 0, the end, 2**31 - 1
+  at_ints = np.asarray([np.float32(schedule(int(steps[i]))) for i in ends])
   compiled = np.asarray(jax.jit(schedule)(jnp.asarray(steps)), np.float32)
   assert np.all(np.isfinite(compiled)) and np.all(compiled >= 0), (steps, compiled)
   low, high = (np.float32(v) for v in value_range(kwargs))
   # A few ulps of slack: the ends are float32 roundings of the arguments.
   slack = 4 * np.spacing(np.float32(high))
-  for values in (eager, compiled):
+  for values in (eager, compiled, at_ints):
     assert np.all(values >= low - slack) and np.all(values <= high + slack), (steps, values)
   ulps = _ulps(eager, compiled, high)
   assert np.all(ulps <= ULPS.get(name, 4)), (steps, eager, compiled, ulps)
+  ulps = _ulps(at_ints, eager[ends], high)
+  assert np.all(ulps <= ULPS.get(name, 4)), (steps[ends], at_ints, eager[ends], ulps)
   if total is not None:  # the final value is held, exactly, from the end on
     held = compiled[steps >= total]
     assert np.all(held == held[0]), (steps, compiled)
