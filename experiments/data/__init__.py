@@ -4,6 +4,7 @@
   x = data.normalize(data.augment(images, key, 'flip'), ds.mean, ds.std, jnp.bfloat16)
 """
 
+from experiments.data._common import LAYOUTS, DataError
 from experiments.data.augment import (
     AUGMENTATIONS,
     PAD_MODES,
@@ -12,12 +13,5 @@ from experiments.data.augment import (
     random_crop,
     random_flip,
 )
-from experiments.data.sources import (
-    DATASETS,
-    LAYOUTS,
-    DataError,
-    Dataset,
-    cache_dir,
-    channel_stats,
-    load,
-)
+from experiments.data.jpeg_npz import cache_dir
+from experiments.data.sources import DATASETS, Dataset, channel_stats, load

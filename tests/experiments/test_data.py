@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from experiments import data
-from experiments.data import sources
+from experiments.data import decoding, default, jpeg_npz
 
 CIFAR10_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
                  'ship', 'truck')
@@ -205,15 +205,15 @@ def test_parallel_decoding_matches_serial(tmp_path):
   blob = np.frombuffer(b''.join(blobs), np.uint8)
   offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
   parts = [(blob, offsets, str), (blob[:offsets[5]], offsets[:6], str)]
-  serial = sources._decode_all(parts, workers=1)
-  parallel = sources._decode_all(parts, workers=2)
+  serial = decoding._decode_all(parts, workers=1)
+  parallel = decoding._decode_all(parts, workers=2)
   for s, p in zip(serial, parallel, strict=True):
     np.testing.assert_array_equal(s, p)
   np.testing.assert_array_equal(serial[0], np.stack([decode(b) for b in blobs]))
   bad = blob.copy()
   bad[offsets[17]:offsets[18]] = 0
   with pytest.raises(data.DataError, match=r'^image 17 cannot be decoded'):
-    sources._decode_all([(bad, offsets, lambda i: f'image {i}')], workers=2)
+    decoding._decode_all([(bad, offsets, lambda i: f'image {i}')], workers=2)
 
 
 @pytest.mark.skipif(not REAL_NPZ.is_file(), reason=f'{REAL_NPZ} is not here')
@@ -224,7 +224,7 @@ def test_real_packed_cifar10(monkeypatch):
     monkeypatch.setenv('LRSCHED_CACHE', os.environ['LRSCHED_TEST_CACHE'])
   first = data.load('cifar10', REAL_NPZ)
   # The second load reads the cache (about 0.5 s on an idle machine), never the JPEGs.
-  monkeypatch.setattr(sources, '_decode_jpeg_npz', lambda *a: pytest.fail('not cached'))
+  monkeypatch.setattr(jpeg_npz, '_decode_jpeg_npz', lambda *a: pytest.fail('not cached'))
   ds = data.load('cifar10', REAL_NPZ.parent)
   assert ds.train_images.shape == (50000, 32, 32, 3) and ds.test_images.shape == (10000, 32, 32, 3)
   np.testing.assert_array_equal(np.bincount(ds.train_labels), [5000] * 10)
@@ -249,8 +249,8 @@ def test_cache_is_used_and_keyed_by_the_content(tmp_path, monkeypatch):
   first = data.load('cifar10', path)
   assert len(cache_files(tmp_path)) == 1
   calls = []
-  decode_npz = sources._decode_jpeg_npz
-  monkeypatch.setattr(sources, '_decode_jpeg_npz',
+  decode_npz = jpeg_npz._decode_jpeg_npz
+  monkeypatch.setattr(jpeg_npz, '_decode_jpeg_npz',
                       lambda *a: calls.append(a) or decode_npz(*a))
   second = data.load('cifar10', path)
   assert not calls  # served from the cache
@@ -348,7 +348,7 @@ def _no_tfds_copy(monkeypatch, tmp_path):
 def test_without_data_or_network_fails_fast(monkeypatch, tmp_path):
   _no_tfds_copy(monkeypatch, tmp_path)
   probes = []
-  monkeypatch.setattr(sources, '_network_reachable', lambda: probes.append(1) or False)
+  monkeypatch.setattr(default, '_network_reachable', lambda: probes.append(1) or False)
   start = time.perf_counter()
   with pytest.raises(data.DataError, match='unreachable') as error:
     data.load('cifar10')
@@ -359,7 +359,7 @@ def test_without_data_or_network_fails_fast(monkeypatch, tmp_path):
 def test_an_unprepared_tfds_copy_is_not_prepared_with_tensorflow(monkeypatch, tmp_path):
   monkeypatch.setenv('LRSCHED_CACHE', str(tmp_path / 'cache'))
   monkeypatch.setitem(sys.modules, 'tensorflow_datasets', fake_tfds(prepared=False))
-  monkeypatch.setattr(sources, '_network_reachable', lambda: False)
+  monkeypatch.setattr(default, '_network_reachable', lambda: False)
   with pytest.raises(data.DataError, match='nor prepared for tensorflow-datasets'):
     data.load('cifar100')
 
@@ -406,7 +406,7 @@ def test_the_official_archive_is_downloaded_verified_and_cached(monkeypatch, tmp
   monkeypatch.setitem(download.SOURCES, 'cifar10',
                       (f'{base}/cifar-10-python.tar.gz', checksum))
   _no_tfds_copy(monkeypatch, tmp_path)
-  monkeypatch.setattr(sources, '_network_reachable', lambda: True)
+  monkeypatch.setattr(default, '_network_reachable', lambda: True)
   ds = data.load('cifar10')
   assert ds.train_images.shape == (50, 32, 32, 3) and ds.test_images.shape == (10, 32, 32, 3)
   cached = tmp_path / 'cache' / 'downloads' / 'cifar-10-python.tar.gz'
@@ -423,7 +423,7 @@ def test_a_download_that_fails_its_checksum_is_never_cached(monkeypatch, tmp_pat
   monkeypatch.setitem(download.SOURCES, 'cifar10',
                       (f'{base}/cifar-10-python.tar.gz', '0' * 32))
   _no_tfds_copy(monkeypatch, tmp_path)
-  monkeypatch.setattr(sources, '_network_reachable', lambda: True)
+  monkeypatch.setattr(default, '_network_reachable', lambda: True)
   with pytest.raises(data.DataError, match='is not the published') as error:
     data.load('cifar10')
   assert_points_elsewhere(error.value)
@@ -437,20 +437,20 @@ def test_network_probe():
   with socket.socket() as server:
     server.bind(('127.0.0.1', 0))
     server.listen()
-    assert sources._network_reachable(server.getsockname(), timeout=3.0)
+    assert default._network_reachable(server.getsockname(), timeout=3.0)
   with socket.socket() as closed:
     closed.bind(('127.0.0.1', 0))  # bound, never listening: refused
-    assert not sources._network_reachable(closed.getsockname(), timeout=3.0)
+    assert not default._network_reachable(closed.getsockname(), timeout=3.0)
 
 
 def test_probe_address_from_the_environment(monkeypatch):
-  assert sources._probe_address() == ('www.cs.toronto.edu', 443)
+  assert default._probe_address() == ('www.cs.toronto.edu', 443)
   monkeypatch.setenv('LRSCHED_TFDS_PROBE_HOST', '127.0.0.1:9')
-  assert sources._probe_address() == ('127.0.0.1', 9)
-  assert not sources._network_reachable(timeout=3.0)  # the discard port: closed
+  assert default._probe_address() == ('127.0.0.1', 9)
+  assert not default._network_reachable(timeout=3.0)  # the discard port: closed
   monkeypatch.setenv('LRSCHED_TFDS_PROBE_HOST', 'no-port')
   with pytest.raises(data.DataError, match='must read host:port'):
-    sources._probe_address()
+    default._probe_address()
 
 
 def test_network_probe_never_hangs(monkeypatch):
@@ -461,7 +461,7 @@ def test_network_probe_never_hangs(monkeypatch):
 
   monkeypatch.setattr(socket, 'create_connection', hang)
   start = time.perf_counter()
-  assert not sources._network_reachable(('example.invalid', 443), timeout=0.2)
+  assert not default._network_reachable(('example.invalid', 443), timeout=0.2)
   assert time.perf_counter() - start < 1.0
 
 
@@ -477,7 +477,7 @@ needs_tfds = pytest.mark.skipif(tfds is None, reason='tensorflow-datasets is not
 def test_tfds_mock_end_to_end(monkeypatch, dataset, num_classes):
   """tfds.testing.mock_data serves random examples through the TensorFlow-free data source."""
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'is_prepared', lambda self: True)
-  monkeypatch.setattr(sources, '_network_reachable', lambda: pytest.fail('probed'))
+  monkeypatch.setattr(default, '_network_reachable', lambda: pytest.fail('probed'))
   with tfds.testing.mock_data(num_examples=30):
     ds = data.load(dataset)
   assert ds.train_images.shape == (30, 32, 32, 3) and ds.train_images.dtype == np.uint8
@@ -708,7 +708,7 @@ def test_bad_dataset_arguments(tmp_path):
 
 def test_empty_data_dir_means_no_data_dir(monkeypatch, tmp_path):
   _no_tfds_copy(monkeypatch, tmp_path)
-  monkeypatch.setattr(sources, '_network_reachable', lambda: False)
+  monkeypatch.setattr(default, '_network_reachable', lambda: False)
   with pytest.raises(data.DataError, match='neither in the cache'):
     data.load('cifar10', '')
 
