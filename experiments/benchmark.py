@@ -98,6 +98,8 @@ def define_flags() -> None:
       "interleaved to compare their cost. Bare 'triangular', 'triangular2' and 'clr' get "
       "base_lr=0.08, step_size=2000. Default: the trainer's default schedule.")
   flags.DEFINE_string('momentum', 'cyclical', "Momentum, as the trainer's --momentum.")
+  flags.DEFINE_enum('conv_backward', 'xla', ['xla', 'torch'],
+                    "The convolutions' backward pass, as the trainer's --conv_backward.")
   flags.DEFINE_float('lr', 0.8, "The schedules' lr / max_lr where a spec leaves it out.")
   flags.DEFINE_integer('train_examples', 50_000,
                        'Synthetic training-set size (kept on every device).')
@@ -248,6 +250,7 @@ class Settings:
   torch_compile_mode: str
   profile_dir: str | None = None
   profile_steps: int = 20
+  conv_backward: str = 'xla'
 
   def groups(self) -> Iterator[tuple[str, int, str]]:
     """(model, global batch, precision), in the order they run."""
@@ -267,7 +270,7 @@ class Settings:
             f'--samples={self.samples}', f'--steps_per_sample={self.steps_per_sample}',
             f'--eval_repeats={self.eval_repeats}', f'--seed={self.seed}', '--noquick',
             '--noisolate', '--notorch', f'--json={json_path}',
-            f'--profile_steps={self.profile_steps}',
+            f'--profile_steps={self.profile_steps}', f'--conv_backward={self.conv_backward}',
             *([f'--profile_dir={self.profile_dir}'] if self.profile_dir else [])]
 
 
@@ -301,7 +304,8 @@ def settings_from_flags() -> Settings:
       **{name: value(name) for name in (
           'momentum', 'lr', 'train_examples', 'test_examples', 'warmup_steps', 'samples',
           'steps_per_sample', 'eval_repeats', 'seed', 'quick', 'isolate', 'torch',
-          'torch_compile', 'torch_compile_mode', 'profile_dir', 'profile_steps')})
+          'torch_compile', 'torch_compile_mode', 'profile_dir', 'profile_steps',
+          'conv_backward')})
   for name in ('train_examples', 'test_examples', 'warmup_steps', 'samples',
                'steps_per_sample', 'eval_repeats', 'profile_steps'):
     if getattr(settings, name) < 1:
@@ -331,6 +335,7 @@ def plan(settings: Settings, model: str, batch: int, precision: str, schedule: s
   config = Config(model=model, batch_size=batch, precision=precision, dataset='synthetic',
                   schedule=SCHEDULE_SHORTHANDS.get(schedule, schedule),
                   momentum=settings.momentum, lr=settings.lr, seed=settings.seed,
+                  conv_backward=settings.conv_backward,
                   synthetic_examples=settings.train_examples)
   try:
     setup.build_model(config)
@@ -470,9 +475,11 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
   """Compiles and times every (schedule, K) of one (model, batch, precision) group."""
   import jax
 
-  from experiments import data, parallel, profiling, setup, train
+  from experiments import data, models, parallel, profiling, setup, train
 
   devices = jax.devices()
+  if why := models.conv_backward.check_available(settings.conv_backward, devices[0].platform):
+    raise BenchmarkError(why)
   mesh = parallel.make_mesh(devices)
   num_devices = mesh.size
   if dataset is None:
@@ -572,9 +579,9 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
     rows.append({
         'model': model_name, 'parameters': parameters, 'batch_size': batch,
         'per_device_batch': local_batch,
-        'precision': precision, 'schedule': v.schedule,
-        'schedule_spec': repr(v.plan.lr_schedule), 'momentum_spec': repr(v.plan.momentum),
-        'steps_per_dispatch': v.k,
+        'precision': precision, 'conv_backward': settings.conv_backward,
+        'schedule': v.schedule, 'schedule_spec': repr(v.plan.lr_schedule),
+        'momentum_spec': repr(v.plan.momentum), 'steps_per_dispatch': v.k,
         'device_kind': device.device_kind, 'device_count': num_devices,
         'lower_s': v.lower_s, 'compile_s': v.compile_s,
         'eval_lower_s': eval_lower_s, 'eval_compile_s': eval_compile_s,
@@ -687,7 +694,9 @@ def markdown(results: list[dict[str, Any]]) -> str:
     else:
       t = r['step_time_ms']
       schedule = r['schedule'] if len(r['schedule']) <= 24 else r['schedule'][:21] + '...'
-      cells = [r['model'], str(r['batch_size']), r['precision'], schedule,
+      precision = r['precision'] + (f" ({r['conv_backward']} conv backward)"
+                                    if r.get('conv_backward', 'xla') != 'xla' else '')
+      cells = [r['model'], str(r['batch_size']), precision, schedule,
                str(r['steps_per_dispatch']), _fmt(r['compile_s'], '.1f'),
                f'{t["median"]:.2f} ({t["p10"]:.2f}-{t["p90"]:.2f})',
                _fmt(r['train_images_per_sec'], ',.0f'), _fmt(r['eval_images_per_sec'], ',.0f'),

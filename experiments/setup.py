@@ -216,7 +216,8 @@ def build_model(config: Config):
     return models.create_model(config.model, num_classes=100 if config.dataset == 'cifar100'
                                else 10, dtype=dtype, bn_group_size=config.bn_group_size,
                                bn_momentum=config.bn_momentum, bn_debias=config.bn_debias,
-                               dropout_rate=config.dropout_rate, shortcut=config.shortcut)
+                               dropout_rate=config.dropout_rate, shortcut=config.shortcut,
+                               conv_backward=config.conv_backward)
   except ValueError as e:
     raise ConfigError(f'--model: {e}') from None
 
@@ -422,6 +423,8 @@ def prepare(config: Config, devices: list[jax.Device] | None = None, *,
   workdir = workdir or config.workdir or config.default_workdir
   devices = jax.devices() if devices is None else list(devices)
   check_config(config, len(devices))
+  if why := models.conv_backward.check_available(config.conv_backward, devices[0].platform):
+    raise ConfigError(why)
   check_workdir(workdir)
   parent = None
   if training:

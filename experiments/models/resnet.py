@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from experiments.models import layers
+from experiments.models import conv_backward, layers
 
 SHORTCUTS = ('A', 'B', 'caffe')
 STAGE_WIDTHS = (16, 32, 64)
@@ -109,6 +109,8 @@ class CifarResNet(nn.Module):
     bn_momentum: decay of the batch-norm running averages.
     bn_debias: Caffe's running averages, free of their initial values
       (`layers.GhostBatchNorm`'s ``debias``).
+    conv_backward: 'xla', or 'torch' for PyTorch's kernels in the convolutions' backward
+      pass on CPU (`conv_backward`).
   """
 
   blocks_per_stage: int
@@ -118,6 +120,7 @@ class CifarResNet(nn.Module):
   bn_group_size: int | None = None
   bn_momentum: float = 0.9
   bn_debias: bool = False
+  conv_backward: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -132,6 +135,7 @@ class CifarResNet(nn.Module):
       kernel_init=layers.caffe_msra if caffe else layers.he_normal_fan_out,
       dtype=self.dtype,
       param_dtype=jnp.float32,
+      conv_general_dilated=conv_backward.conv_general_dilated(self.conv_backward),
     )
     norm = functools.partial(
       layers.GhostBatchNorm,
