@@ -79,11 +79,6 @@ class Plan:
 # Resolving the config against the data and the devices (all before any compilation).
 
 
-def resolve_steps(config: Config, train_size: int) -> int:
-  """The run's number of optimizer steps over all its batch phases (`resolve_phases`)."""
-  return resolve_phases(config, train_size)[1]
-
-
 def build_schedules(config: Config, total_steps: int
                     ) -> tuple[lrsched.Schedule, float | lrsched.Schedule | None]:
   context: dict[str, Any] = {'total_steps': total_steps}

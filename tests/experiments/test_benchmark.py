@@ -16,6 +16,7 @@ import pytest
 
 from experiments import benchmark, data, models, parallel, setup
 from experiments.config import Config
+from experiments.phases import resolve_phases
 from tests.xla_flags import with_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -119,7 +120,7 @@ def test_flops_per_step_counts_every_device(quick_report):
   row = quick_report[0]['results'][0]
   config = Config(model='resnet8', batch_size=16, dataset='synthetic', lr=0.8)
   model = models.create_model('resnet8', num_classes=10, bn_momentum=config.bn_momentum)
-  total_steps = setup.resolve_steps(config, 256)
+  total_steps = resolve_phases(config, 256)[1]
   tx = setup.build_optimizer(config, *setup.build_schedules(config, total_steps))
   mesh = parallel.make_mesh(jax.devices()[:1])
   state = setup.create_state(model, tx, mesh, jax.random.key(0), 16)

@@ -221,7 +221,7 @@ def test_bounds_end_and_jit(name, data):
   # a time, at 1/15 of the dispatches), and at Python ints, which as_step clamps in Python,
   # at the ends.
   eager = np.asarray(schedule(jnp.asarray(steps)), np.float32)
-  ends = [0, -1, *([] if total is None else [-2, -4])]  # 0, the end, 2**31 - 1
+  ends = [0, -1, *([] if total is None else [-2, -4])]  # 0, 2**31 - 1; total, total + 1
   at_ints = np.asarray([np.float32(schedule(int(steps[i]))) for i in ends])
   compiled = np.asarray(jax.jit(schedule)(jnp.asarray(steps)), np.float32)
   assert np.all(np.isfinite(compiled)) and np.all(compiled >= 0), (steps, compiled)
