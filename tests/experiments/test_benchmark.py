@@ -107,7 +107,7 @@ def test_quick_run_compares_with_the_same_torch_model(quick_report):
 
 
 def test_every_row_has_its_own_trace(quick_report):
-  from experiments import profiling
+  from experiments.benchmark import profiling
   rows = quick_report[0]['results']
   assert len({row['profile_dir'] for row in rows}) == len(rows)
   for row in rows:

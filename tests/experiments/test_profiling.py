@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import profiling
+from experiments.benchmark import profiling
 
 
 def _write_trace(folder, events) -> None:

@@ -1,0 +1,212 @@
+"""One group timed: every (schedule, K) of one (model, batch, precision) compiled in this
+process, its samples interleaved, the evaluation timed, the rows assembled."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from experiments.benchmark.cost import (
+  lower_one_step_on_cpu,
+  memory_analysis_bytes,
+  peak_basis,
+  peak_memory_bytes,
+  peak_tflops,
+  step_cost,
+)
+from experiments.benchmark.settings import BenchmarkError, Settings, plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class _Variant:
+  """One compiled training program of a group and its state."""
+
+  schedule: str
+  k: int
+  plan: Any  # experiments.setup.Plan
+  compiled: Any
+  state: Any
+  lower_s: float
+  compile_s: float
+  compiled_memory_bytes: int | None
+  cost: dict[str, float] = dataclasses.field(default_factory=dict)
+  times: list[float] = dataclasses.field(default_factory=list)
+
+
+def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
+  ms = np.asarray(seconds, np.float64) * 1e3
+  return {'median': float(np.median(ms)), 'p10': float(np.percentile(ms, 10)),
+          'p90': float(np.percentile(ms, 90))}
+
+
+def _slug(text: str) -> str:
+  return re.sub(r'[^A-Za-z0-9.=-]+', '_', text).strip('_')[:64]
+
+
+def _lower_and_compile(jitted, *args) -> tuple[Any, Any, float, float]:
+  start = time.perf_counter()
+  lowered = jitted.lower(*args)
+  lowered_at = time.perf_counter()
+  compiled = lowered.compile()
+  return lowered, compiled, lowered_at - start, time.perf_counter() - lowered_at
+
+
+def _run_sample(variant: _Variant, train_args: tuple, steps: int) -> float:
+  """Runs about ``steps`` steps back to back, waits for them; returns seconds per step."""
+  import jax
+  dispatches = -(-steps // variant.k)
+  start = time.perf_counter()
+  for _ in range(dispatches):
+    variant.state = variant.compiled(variant.state, *train_args)
+  jax.block_until_ready(variant.state)
+  return (time.perf_counter() - start) / (dispatches * variant.k)
+
+
+def benchmark_group(settings: Settings, model_name: str, batch: int, precision: str,
+                    dataset=None) -> list[dict[str, Any]]:
+  """Compiles and times every (schedule, K) of one (model, batch, precision) group."""
+  import jax
+
+  from experiments import data, models, parallel, setup, train
+  from experiments.benchmark import profiling
+
+  devices = jax.devices()
+  if why := models.conv_backward.check_available(settings.conv_backward, devices[0].platform):
+    raise BenchmarkError(why)
+  mesh = parallel.make_mesh(devices)
+  num_devices = mesh.size
+  if dataset is None:
+    dataset = data.load('synthetic', seed=settings.seed,
+                        synthetic_size=(settings.train_examples, settings.test_examples))
+  base, _ = plan(settings, model_name, batch, precision, settings.schedules[0])
+  local_batch = setup.check_devices(base, num_devices)
+  model = setup.build_model(base)  # the trainer's own model builder
+  dtype = setup.compute_dtype(base)
+  train_args = setup.put_training_data(mesh, dataset)
+  init_key, step_key = jax.random.split(jax.random.key(settings.seed))
+  name = f'{model_name} batch {batch} {precision}'
+
+  variants: list[_Variant] = []
+  for schedule in settings.schedules:
+    config, p = plan(settings, model_name, batch, precision, schedule)
+    step_config = parallel.StepConfig(batch, config.augment, dtype)
+    train_steps = parallel.make_train_steps(model, p.tx, mesh, step_config, step_key)
+    initial = setup.create_state(model, p.tx, mesh, init_key, local_batch)
+    one_step_cost = None
+    for k in sorted(settings.steps_per_dispatch, key=lambda k: k != 1):  # K=1 first
+      # Each variant's own buffers: the step donates its state.
+      state = jax.device_put(initial, parallel.replicated(mesh), may_alias=False)
+      lowered, compiled, lower_s, compile_s = _lower_and_compile(
+          train_steps.compiled(k), state, *train_args)
+      log.info('%s, %s, K=%d: lowered in %.1f s, compiled in %.1f s', name, schedule, k,
+               lower_s, compile_s)
+      if one_step_cost is None:
+        # XLA counts a while loop's body once, whatever its trip count: the cost of a step
+        # is that of the one-step program (compiled here only for that if K=1 isn't run).
+        if k != 1:
+          lowered = train_steps.compiled(1).lower(state, *train_args)
+        one_step_cost = step_cost(
+            lowered, compiled if k == 1 else lowered.compile(),
+            functools.partial(lower_one_step_on_cpu, model, p.tx, step_config, local_batch,
+                              step_key, state, train_args))
+      variants.append(_Variant(schedule, k, p, compiled, state, lower_s, compile_s,
+                               memory_analysis_bytes(compiled), one_step_cost))
+
+  for v in variants:  # warm-up: the first runs allocate, and GPU clocks ramp up
+    for _ in range(-(-settings.warmup_steps // v.k)):
+      v.state = v.compiled(v.state, *train_args)
+    jax.block_until_ready(v.state)
+  # Interleaved samples, rotating the order, so that drift hits every variant alike.
+  for i in range(settings.samples):
+    for j in range(len(variants)):
+      v = variants[(i + j) % len(variants)]
+      v.times.append(_run_sample(v, train_args, settings.steps_per_sample))
+
+  # Evaluation: the trainer's chunking and padding of the test set.
+  chunk = train.eval_chunk(len(dataset.test_labels), num_devices)
+  test = parallel.pad_for_eval(dataset.test_images, dataset.test_labels.astype(np.int32),
+                               num_devices, chunk)
+  test_args = tuple(parallel.put_sharded(mesh, a) for a in test)
+  state = variants[0].state
+  eval_args = (state.params, state.batch_stats, *test_args, *train_args[2:])
+  _, evaluate, eval_lower_s, eval_compile_s = _lower_and_compile(
+      parallel.make_eval_step(model, mesh, dtype, chunk), *eval_args)
+  jax.block_until_ready(evaluate(*eval_args))
+  eval_times = []
+  for _ in range(settings.eval_repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(evaluate(*eval_args))
+    eval_times.append(time.perf_counter() - start)
+  eval_images_per_sec = len(dataset.test_labels) / float(np.median(eval_times))
+
+  profiles: dict[int, tuple[str, dict[str, Any] | None]] = {}
+  if settings.profile_dir:  # after the timing, so that tracing cannot disturb it
+    for i, v in enumerate(variants):
+      where = os.path.join(settings.profile_dir, _slug(f'{model_name}-b{batch}-{precision}'),
+                           _slug(f'{i}-{v.schedule}-k{v.k}'))
+      dispatches = -(-settings.profile_steps // v.k)
+      with profiling.trace(where):
+        for _ in range(dispatches):
+          v.state = v.compiled(v.state, *train_args)
+        jax.block_until_ready(v.state)
+      profiles[i] = where, profiling.summarize(where, dispatches * v.k)
+  peak_memory = peak_memory_bytes(mesh.local_devices)
+
+  parameters = sum(x.size for x in jax.tree.leaves(variants[0].state.params))
+  device = devices[0]
+  basis = peak_basis(device.platform, precision, jax.config.jax_default_matmul_precision)
+  peak = peak_tflops(device.device_kind, basis)
+  rows = []
+  for i, v in enumerate(variants):
+    times = percentiles_ms(v.times)
+    seconds = times['median'] / 1e3
+    flops = v.cost.get('flops')
+    flops_per_step = None if flops is None else flops * num_devices
+    compiled_flops = v.cost.get('compiled_flops')
+    bytes_accessed = v.cost.get('bytes accessed')
+    tflops = None if flops_per_step is None else flops_per_step / seconds / 1e12
+    reference = next(r for r in variants if r.k == v.k)  # the first schedule, same K
+    ratio = None
+    if len(settings.schedules) > 1:
+      ratio = float(np.median(np.asarray(v.times) / np.asarray(reference.times)))
+    rows.append({
+        'model': model_name, 'parameters': parameters, 'batch_size': batch,
+        'per_device_batch': local_batch,
+        'precision': precision, 'conv_backward': settings.conv_backward,
+        'schedule': v.schedule, 'schedule_spec': repr(v.plan.lr_schedule),
+        'momentum_spec': repr(v.plan.momentum), 'steps_per_dispatch': v.k,
+        'device_kind': device.device_kind, 'device_count': num_devices,
+        'lower_s': v.lower_s, 'compile_s': v.compile_s,
+        'eval_lower_s': eval_lower_s, 'eval_compile_s': eval_compile_s,
+        'step_time_ms': times, 'samples': len(v.times),
+        'timed_steps': len(v.times) * -(-settings.steps_per_sample // v.k) * v.k,
+        'train_images_per_sec': batch / seconds,
+        'eval_images_per_sec': eval_images_per_sec, 'eval_examples': len(dataset.test_labels),
+        'flops_per_step': flops_per_step,
+        'compiled_flops_per_step': (None if compiled_flops is None
+                                    else compiled_flops * num_devices),
+        'flops_source': v.cost.get('flops_source'),
+        'flops_per_image': None if flops_per_step is None else flops_per_step / batch,
+        'bytes_accessed_per_step': (None if bytes_accessed is None
+                                    else bytes_accessed * num_devices),
+        'tflops': tflops, 'peak_basis': basis,
+        'peak_tflops': None if peak is None else peak * num_devices,
+        'peak_fraction': None if peak is None or tflops is None else tflops / (peak * num_devices),
+        'peak_memory_bytes': peak_memory,
+        'compiled_memory_bytes': v.compiled_memory_bytes,
+        'schedule_cost_ratio': ratio,
+        'profile_dir': profiles.get(i, (None, None))[0],
+        'profile': profiles.get(i, (None, None))[1],
+        'torch': None, 'jax_over_torch': None,
+    })
+  return rows
