@@ -38,7 +38,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 # Property tests compile under jit: no per-example deadline, and a bounded example count
-# so that the whole suite stays well under 15 minutes on CI's 2 cores.
+# so that the whole suite stays under 10 minutes on CI's 2 cores.
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile('default', deadline=None, max_examples=40, derandomize=True)
