@@ -29,6 +29,13 @@ from experiments.config import ConfigError
 
 log = logging.getLogger(__name__)
 
+# Orbax's default on CPU and TPU splits every replicated array among the replicas to save
+# it, one eager slice per array and replica: on 8 CPU devices a ResNet-8 state took 6.9 s
+# to save the first time (the slices compile) and 0.6 s after, against 1.3 s and 0.3 s
+# written by one replica. Our states are a few MB, so one replica writes each array.
+ocp.type_handlers.register_type_handler(
+    jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
 
 class CheckpointMismatch(ConfigError):
   """The checkpoints of a workdir hold another state than the one this run trains."""

@@ -169,7 +169,7 @@ def run(config: Config, sweep: Sweep, *, workdir: str | None = None,
 
   mesh = parallel.make_mesh(devices)
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
-  state = setup.create_state(model, tx, mesh, init_key, batch // len(devices))
+  state = setup.create_state(model, tx, mesh, init_key)
   train_step = parallel.make_train_steps(
       model, tx, mesh, parallel.StepConfig(batch, config.augment, ready.dtype), step_key)
   train_data = setup.put_training_data(mesh, dataset)

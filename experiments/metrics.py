@@ -15,6 +15,21 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def _summary_writer() -> type:
+  """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch
+  where it is installed (about 2 s at every start) only to accept torch tensors, which we
+  never pass. A torch that is already imported is left as it is."""
+  if 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules['torch'] = None  # makes `import torch` raise ImportError
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
+
+
 class MetricWriter:
   """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors it to TensorBoard.
 
@@ -37,7 +52,7 @@ class MetricWriter:
     if os.path.exists(self.path):
       self._keep_until(resume_step)
     try:
-      from tensorboardX import SummaryWriter
+      SummaryWriter = _summary_writer()
     except ImportError:
       log.warning('tensorboardX is not installed: no TensorBoard events '
                   "(pip install 'lrsched[experiments]')")

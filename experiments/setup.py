@@ -356,16 +356,30 @@ def check_parent(config: Config, workdir: str) -> tuple[str, int] | None:
   return path, step
 
 
-def create_state(model, tx, mesh, key, local_batch: int) -> parallel.TrainState:
-  def init(key):
-    params_key, dropout_key = jax.random.split(key)
-    variables = model.init({'params': params_key, 'dropout': dropout_key},
-                           jnp.zeros((local_batch, 32, 32, 3), jnp.float32), train=False)
-    params, batch_stats = variables['params'], variables.get('batch_stats', {})
-    return parallel.TrainState(jnp.zeros((), jnp.int32), params, batch_stats,
-                               tx.init(params), parallel.Metrics.zeros())
+def create_state(model, tx, mesh, key) -> parallel.TrainState:
+  """The initial state, replicated on ``mesh``.
 
-  return jax.jit(init, out_shardings=parallel.replicated(mesh))(key)
+  The variables come from a program of their own that depends on the model alone (not on
+  the batch, the optimizer or its schedule), so that every run of a model shares one
+  compiled initializer through the compilation cache (a ResNet's random initializers cost
+  about a second to compile); the optimizer's state follows in a small program of its own.
+  """
+  replicated = parallel.replicated(mesh)
+
+  def init_variables(key):
+    params_key, dropout_key = jax.random.split(key)
+    # One image: the variables' shapes do not depend on the batch.
+    return model.init({'params': params_key, 'dropout': dropout_key},
+                      jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
+
+  def init_state(variables):
+    params = variables['params']
+    return parallel.TrainState(jnp.zeros((), jnp.int32), params,
+                               variables.get('batch_stats', {}), tx.init(params),
+                               parallel.Metrics.zeros())
+
+  variables = jax.jit(init_variables, out_shardings=replicated)(key)
+  return jax.jit(init_state, out_shardings=replicated)(variables)
 
 
 class TrainingData(NamedTuple):

@@ -130,7 +130,7 @@ def train_and_evaluate(config: Config, *, command: str | None = None,
   # Everything is checked: from here on, compile and run.
   mesh = parallel.make_mesh(setup.devices)
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
-  state = create_state(setup.model, setup.plan.tx, mesh, init_key, setup.plan.local_batches[0])
+  state = create_state(setup.model, setup.plan.tx, mesh, init_key)
   # The writer and checkpointer are closed however the run ends (finished, stopped, or
   # an error such as TrainingDiverged); the final path closes the checkpointer first so
   # that its saves are on disk before summary.json says the run finished.

@@ -101,7 +101,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
     config, p = plan(settings, model_name, batch, precision, schedule)
     step_config = parallel.StepConfig(batch, config.augment, dtype)
     train_steps = parallel.make_train_steps(model, p.tx, mesh, step_config, step_key)
-    initial = setup.create_state(model, p.tx, mesh, init_key, local_batch)
+    initial = setup.create_state(model, p.tx, mesh, init_key)
     one_step_cost = None
     for k in sorted(settings.steps_per_dispatch, key=lambda k: k != 1):  # K=1 first
       # Each variant's own buffers: the step donates its state.

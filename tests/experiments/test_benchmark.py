@@ -123,7 +123,7 @@ def test_flops_per_step_counts_every_device(quick_report):
   total_steps = resolve_phases(config, 256)[1]
   tx = setup.build_optimizer(config, *setup.build_schedules(config, total_steps))
   mesh = parallel.make_mesh(jax.devices()[:1])
-  state = setup.create_state(model, tx, mesh, jax.random.key(0), 16)
+  state = setup.create_state(model, tx, mesh, jax.random.key(0))
   step = parallel.make_train_steps(
       model, tx, mesh, parallel.StepConfig(16, 'flip', jnp.float32),
       jax.random.key(1))
@@ -177,7 +177,7 @@ def test_the_cpu_lowering_counts_the_flops_of_one_device():
   flops = {}
   for devices, batch in ((2, 16), (1, 8)):
     mesh = parallel.make_mesh(jax.devices()[:devices])
-    state = setup.create_state(model, tx, mesh, jax.random.key(0), 8)
+    state = setup.create_state(model, tx, mesh, jax.random.key(0))
     args = [parallel.put_replicated(mesh, a) for a in (
         ds.train_images, ds.train_labels.astype(np.int32), ds.mean, ds.std)]
     cfg = parallel.StepConfig(batch, 'flip', jnp.float32)

@@ -73,7 +73,7 @@ def _train(conv: str, num_devices: int, steps: int = 2):
   train = parallel.make_train_steps(model, tx, mesh, parallel.StepConfig(16, 'crop+flip',
                                                                           jnp.float32),
                                     jax.random.key(1))
-  state = setup.create_state(model, tx, mesh, jax.random.key(0), 16 // num_devices)
+  state = setup.create_state(model, tx, mesh, jax.random.key(0))
   rng = np.random.default_rng(0)
   put = lambda a: parallel.put_replicated(mesh, a)
   data = (put(rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)),

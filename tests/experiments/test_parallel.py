@@ -33,7 +33,7 @@ def _step(precision: str, num_devices: int = 1, max_lr: float = 0.1, examples: i
   steps = parallel.make_train_steps(model, tx, mesh,
                                     parallel.StepConfig(BATCH, 'crop+flip', dtype),
                                     jax.random.key(1), **kwargs)
-  state = setup.create_state(model, tx, mesh, jax.random.key(0), BATCH // num_devices)
+  state = setup.create_state(model, tx, mesh, jax.random.key(0))
   rng = np.random.default_rng(0)
   put = lambda a: parallel.put_replicated(mesh, a)
   inputs = (put(rng.integers(0, 256, (examples, 32, 32, 3), dtype=np.uint8)),

@@ -226,6 +226,9 @@ def test_bounds_end_and_jit(name, data):
   if total is not None:
     points += [total - 1, total, total + 1]
   steps = np.clip(np.asarray(points, np.int64), 0, INT32_MAX).astype(np.int32)
+  # One length for every example (step 0 repeated in front, so the indices from the end
+  # below stay), so that the eager ops compile once a family instead of once an example.
+  steps = np.pad(steps, (-len(steps) % 32, 0), mode='edge')
   # Eager: op by op over the whole array (the same elementwise arithmetic as one step at
   # a time, at 1/15 of the dispatches), and at Python ints, which as_step clamps in Python,
   # at the ends.
