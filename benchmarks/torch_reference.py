@@ -14,7 +14,10 @@ It times the step as `experiments.benchmark` does: after warm-up, ``--samples`` 
 ``--steps_per_sample`` steps each, the device synchronised at the end of each sample
 (``torch.cuda.synchronize()``; ``time.perf_counter`` alone on CPU), and reports the median,
 10th and 90th percentile of the time per step. ``compile_s`` is the time of the first step,
-which is where ``torch.compile`` compiles the forward and backward passes.
+which is where ``torch.compile`` compiles the forward and backward passes. Then the
+evaluation as our trainer's: ``--eval_examples`` images in chunks of ``--eval_batch``, the
+forward with the running averages under ``torch.inference_mode``, ``--eval_repeats`` timed
+passes after an untimed (compiling) one: ``eval_images_per_sec``, ``eval_compile_s``.
 
 The result is one JSON object, printed on stdout and written to ``--json``. PyTorch is a
 benchmark-only dependency: nothing in ``lrsched/`` or ``experiments/`` imports it.
@@ -257,6 +260,7 @@ def run(args: argparse.Namespace) -> dict:
     sync()
     per_step.append((time.perf_counter() - start) / args.steps_per_sample)
   times = _percentiles(per_step)
+  evaluation = _time_evaluation(args, model, device, generator, mean, std, bfloat16)
   return {
       'model': args.model,
       'parameters': sum(p.numel() for p in model.parameters()),
@@ -270,6 +274,7 @@ def run(args: argparse.Namespace) -> dict:
       'fp32_precision': args.fp32_precision if device.type == 'cuda' else None,
       'timed_steps': args.samples * args.steps_per_sample,
       'train_loss': float(loss_sum) / state['step'],
+      **evaluation,
       'peak_memory_bytes': (torch.cuda.max_memory_allocated(device)
                             if device.type == 'cuda' else None),
       'device': (torch.cuda.get_device_name(device) if device.type == 'cuda'
@@ -279,6 +284,52 @@ def run(args: argparse.Namespace) -> dict:
       'cuda_version': torch.version.cuda,
       'command': ' '.join(sys.argv),
   }
+
+
+def _time_evaluation(args: argparse.Namespace, model: nn.Module, device: torch.device,
+                     generator: np.random.Generator, mean: torch.Tensor, std: torch.Tensor,
+                     bfloat16: bool) -> dict:
+  """Times the trainer's evaluation: ``--eval_examples`` test images (uint8, on the device)
+  in chunks of ``--eval_batch`` (the last one padded, as ours is), normalised on the device,
+  the forward with the running averages under ``torch.inference_mode``, and the summed loss
+  and correct count read back once a pass."""
+  chunks = -(-args.eval_examples // args.eval_batch)
+  size = chunks * args.eval_batch
+  images = torch.from_numpy(generator.integers(0, 256, (size, 32, 32, 3), dtype=np.uint8))
+  images, labels = images.to(device), torch.from_numpy(generator.integers(0, 10, size)).to(device)
+
+  def forward(batch: torch.Tensor, target: torch.Tensor):
+    x = ((batch.permute(0, 3, 1, 2).float() - mean) / std).contiguous(
+        memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
+      logits = model(x)
+    return (F.cross_entropy(logits.float(), target, reduction='sum'),
+            (logits.argmax(1) == target).sum())
+
+  step = forward if args.no_compile else torch.compile(forward, mode=args.compile_mode)
+  model.eval()
+
+  def one_pass() -> None:
+    with torch.inference_mode():
+      loss, correct = 0.0, 0
+      for i in range(chunks):
+        part = slice(i * args.eval_batch, (i + 1) * args.eval_batch)
+        chunk_loss, chunk_correct = step(images[part], labels[part])
+        loss, correct = loss + chunk_loss, correct + chunk_correct
+      float(loss), int(correct)  # the host reads the sums: the pass is done
+
+  start = time.perf_counter()
+  one_pass()
+  compile_s = time.perf_counter() - start
+  seconds = []
+  for _ in range(args.eval_repeats):
+    start = time.perf_counter()
+    one_pass()
+    seconds.append(time.perf_counter() - start)
+  model.train()
+  return {'eval_images_per_sec': args.eval_examples / float(np.median(seconds)),
+          'eval_examples': args.eval_examples, 'eval_batch': args.eval_batch,
+          'eval_compile_s': compile_s}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -294,6 +345,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help='Untimed steps first (the first one compiles).')
   parser.add_argument('--samples', type=int, default=25)
   parser.add_argument('--steps_per_sample', type=int, default=10)
+  parser.add_argument('--eval_examples', type=int, default=10_000,
+                      help='Test images a timed evaluation pass covers.')
+  parser.add_argument('--eval_batch', type=int, default=500,
+                      help='Images a forward pass of the evaluation (our eval chunk).')
+  parser.add_argument('--eval_repeats', type=int, default=3, help='Timed evaluation passes.')
   parser.add_argument('--no_compile', action='store_true', help='Run eagerly.')
   parser.add_argument('--compile_mode', default='default',
                       help="torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs), "
@@ -305,7 +361,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--json', default=None, help='Also write the result to this file.')
   args = parser.parse_args(argv)
-  for name in ('batch_size', 'train_examples', 'warmup_steps', 'samples', 'steps_per_sample'):
+  for name in ('batch_size', 'train_examples', 'warmup_steps', 'samples', 'steps_per_sample',
+               'eval_examples', 'eval_batch', 'eval_repeats'):
     if getattr(args, name) < 1:
       parser.error(f'--{name} must be >= 1, got {getattr(args, name)}')
   return args

@@ -54,7 +54,9 @@ with K = 1 and 10. ``--quick``: a tiny configuration for tests and smoke runs.
 Output: a markdown table on stdout; ``--json`` writes ``{'environment': ..., 'results':
 [one object per configuration]}``. ``--torch`` also runs ``benchmarks/torch_reference.py``
 (a subprocess; PyTorch is never imported here) on the same model, per-device batch and
-precision, and reports the per-device JAX/PyTorch images/s ratio.
+precision, and reports the per-device JAX/PyTorch images/s ratio of the training step
+(``jax_over_torch``) and of the evaluation over the same test-set size and chunk, PyTorch's
+under ``torch.inference_mode`` (``eval_jax_over_torch``).
 
 The package, one concern a module: `settings` (the flags, resolved and checked once, and
 each configuration planned as the trainer plans it), `timing` (one group compiled and

@@ -30,6 +30,8 @@ def run_torch_reference(settings: Settings, row: dict[str, Any], device: str
         f'--train_examples={settings.train_examples}',
         f'--warmup_steps={settings.warmup_steps}', f'--samples={settings.samples}',
         f'--steps_per_sample={settings.steps_per_sample}', f'--seed={settings.seed}',
+        f'--eval_examples={row["eval_examples"]}', f'--eval_batch={row["eval_chunk"]}',
+        f'--eval_repeats={settings.eval_repeats}',
         f'--device={device}', f'--json={path}',
         *([f'--compile_mode={settings.torch_compile_mode}'] if settings.torch_compile
           else ['--no_compile'])]

@@ -63,7 +63,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
   header = ['model', 'batch', 'precision', 'schedule', 'K', 'compile s',
             'step ms (p10-p90)', 'train img/s', 'eval img/s', 'GFLOP/img', 'TFLOP/s',
             '% peak', 'group peak mem GiB']
-  header += ['vs 1st schedule'] * with_ratio + ['torch img/s', 'JAX/torch'] * with_torch
+  header += ['vs 1st schedule'] * with_ratio
+  header += ['torch img/s', 'JAX/torch', 'torch eval img/s', 'eval JAX/torch'] * with_torch
   header += ['device busy %', 'top device op'] * with_profile
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for r in results:
@@ -87,7 +88,9 @@ def markdown(results: list[dict[str, Any]]) -> str:
       if with_torch:
         torch_result = r.get('torch') or {}
         cells += [_fmt(torch_result.get('images_per_sec'), ',.0f'),
-                  _fmt(r.get('jax_over_torch'), '.2f')]
+                  _fmt(r.get('jax_over_torch'), '.2f'),
+                  _fmt(torch_result.get('eval_images_per_sec'), ',.0f'),
+                  _fmt(r.get('eval_jax_over_torch'), '.2f')]
       if with_profile:
         profile = r.get('profile') or {}
         top = (profile.get('top_ops') or [{}])[0]

@@ -81,6 +81,9 @@ def run(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
           if 'images_per_sec' in reference:
             row['jax_over_torch'] = (row['train_images_per_sec'] / row['device_count']
                                      / reference['images_per_sec'])
+          if 'eval_images_per_sec' in reference:
+            row['eval_jax_over_torch'] = (row['eval_images_per_sec'] / row['device_count']
+                                          / reference['eval_images_per_sec'])
     results += rows
   # The parent's own command and settings; the devices as the groups saw them.
   own = environment(settings, devices=not settings.isolate)

@@ -192,6 +192,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
         'timed_steps': len(v.times) * -(-settings.steps_per_sample // v.k) * v.k,
         'train_images_per_sec': batch / seconds,
         'eval_images_per_sec': eval_images_per_sec, 'eval_examples': len(dataset.test_labels),
+        'eval_chunk': chunk,
         'flops_per_step': flops_per_step,
         'compiled_flops_per_step': (None if compiled_flops is None
                                     else compiled_flops * num_devices),
@@ -207,6 +208,6 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
         'schedule_cost_ratio': ratio,
         'profile_dir': profiles.get(i, (None, None))[0],
         'profile': profiles.get(i, (None, None))[1],
-        'torch': None, 'jax_over_torch': None,
+        'torch': None, 'jax_over_torch': None, 'eval_jax_over_torch': None,
     })
   return rows

@@ -29,9 +29,11 @@ ROW_FIELDS = ('model', 'parameters', 'batch_size', 'per_device_batch', 'precisio
               'flops_source', 'flops_per_image',
               'bytes_accessed_per_step', 'tflops', 'peak_basis', 'peak_tflops',
               'peak_fraction', 'peak_memory_bytes', 'compiled_memory_bytes',
-              'schedule_cost_ratio', 'profile_dir', 'profile', 'torch', 'jax_over_torch')
+              'schedule_cost_ratio', 'profile_dir', 'profile', 'torch', 'jax_over_torch',
+              'eval_jax_over_torch', 'eval_chunk')
 TORCH_FIELDS = ('model', 'parameters', 'batch_size', 'precision', 'images_per_sec',
-                'step_time_ms', 'compile_s', 'device', 'torch_version')
+                'step_time_ms', 'compile_s', 'device', 'torch_version',
+                'eval_images_per_sec', 'eval_examples', 'eval_batch', 'eval_compile_s')
 
 
 def _run(args, timeout=300):
@@ -101,9 +103,14 @@ def test_quick_run_compares_with_the_same_torch_model(quick_report):
   # The same architecture: the same parameter count; one device at the per-device batch.
   assert reference['parameters'] == rows[0]['parameters']
   assert reference['batch_size'] == 8 and reference['device'].startswith('cpu')
+  # The evaluation over the same test set in the same chunks as ours.
+  assert reference['eval_examples'] == rows[0]['eval_examples']
+  assert reference['eval_batch'] == rows[0]['eval_chunk']
   for row in rows:
     assert row['jax_over_torch'] == pytest.approx(
         row['train_images_per_sec'] / 2 / reference['images_per_sec'])
+    assert row['eval_jax_over_torch'] == pytest.approx(
+        row['eval_images_per_sec'] / 2 / reference['eval_images_per_sec'])
 
 
 def test_every_row_has_its_own_trace(quick_report):
@@ -220,7 +227,8 @@ def test_torch_reference_writes_its_json(tmp_path):
   # A Wide ResNet under bfloat16 autocast; eager (torch.compile takes ~40 s on 2 CPU cores).
   result = _run(['benchmarks/torch_reference.py', '--model=wrn-10-2', '--batch_size=8',
                  '--precision=bfloat16', '--train_examples=32', '--warmup_steps=1',
-                 '--samples=2', '--steps_per_sample=1', '--no_compile', '--device=cpu',
+                 '--samples=2', '--steps_per_sample=1', '--eval_examples=20',
+                 '--eval_batch=8', '--eval_repeats=2', '--no_compile', '--device=cpu',
                  f'--json={path}'], timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
   out = json.loads(path.read_text())
@@ -228,6 +236,8 @@ def test_torch_reference_writes_its_json(tmp_path):
   assert set(TORCH_FIELDS) <= set(out)
   assert (out['model'], out['batch_size'], out['precision']) == ('wrn-10-2', 8, 'bfloat16')
   assert _positive(out['images_per_sec']) and _positive(out['compile_s'])
+  assert (out['eval_examples'], out['eval_batch']) == (20, 8)  # 3 chunks, the last padded
+  assert _positive(out['eval_images_per_sec']) and _positive(out['eval_compile_s'])
   _check_times(out['step_time_ms'])
   assert math.isfinite(out['train_loss']) and out['peak_memory_bytes'] is None
   # The same architecture as experiments.models.
