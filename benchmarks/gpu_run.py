@@ -244,12 +244,12 @@ def stage_train(run: Run, name: str, preset: str, *, min_left: float = 30.0) -> 
   argv = [sys.executable, '-m', 'experiments.cifar', f'--preset={preset}',
           f'--workdir={workdir}', f'--steps_per_dispatch={k}', '--checkpoint_every=500']
   if run.args.tiny:
-    argv += ['--dataset=synthetic', '--synthetic_examples=256', '--model=resnet8',
-             '--batch_size=64', '--bn_group_size=8', '--steps=8', '--eval_every=4',
-             '--log_every=4', '--checkpoint_every=4',
-             '--schedule=' + ('super_convergence(base_lr=0.1, max_lr=3.0, step_size=4)'
+    argv += ['--dataset=synthetic', '--synthetic_examples=128', '--model=resnet8',
+             '--batch_size=32', '--bn_group_size=8', '--steps=4', '--eval_every=2',
+             '--log_every=2', '--checkpoint_every=2',
+             '--schedule=' + ('super_convergence(base_lr=0.1, max_lr=3.0, step_size=2)'
                               if name == 'clr' else
-                              'multistep(lr=0.35, milestones=[4, 6], gamma=0.1)')]
+                              'multistep(lr=0.35, milestones=[2, 3], gamma=0.1)')]
   else:
     argv += ['--precision=bfloat16', f'--data_dir={run.args.data_dir}']
   start = time.time()
