@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -599,3 +600,15 @@ def test_a_sigterm_before_the_training_loop_is_one_line(tmp_path):
   assert 'compiled and ran the first dispatch' not in err  # it stopped before training
   assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
   assert 'SIGTERM: stopped before training started' in err and 'Traceback' not in err
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None, reason='torch is not installed')
+def test_the_tensorboard_writer_does_not_import_torch():
+  """tensorboardX imports PyTorch (seconds) where it is installed; the trainer's writer
+  hides it for that import, and a later `import torch` still works."""
+  probe = ('import sys; from experiments.metrics import _summary_writer; _summary_writer()\n'
+           'assert "torch" not in sys.modules, "tensorboardX imported torch"\n'
+           'import torch; print(torch.__name__)\n')
+  result = subprocess.run([sys.executable, '-c', probe], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0 and result.stdout.strip() == 'torch', result.stderr[-2000:]
