@@ -52,10 +52,10 @@ class Config:
       "decayed weight, free of the initial mean 0 and variance 1 (which otherwise weigh "
       "bn_momentum**step in the statistics that evaluations use).")
   precision: str = _field('float32', f'Compute dtype, one of {PRECISIONS}; params stay float32.')
-  conv_backward: str = _field(
-      'xla', "The convolutions' backward pass: 'xla', or 'torch' (CPU only; needs PyTorch): "
-      "PyTorch's oneDNN kernels, about 2x faster float32 training on CPU (WORKSPACE.md); the "
-      "forward is XLA's either way and the gradients agree to float rounding.")
+  conv: str = _field(
+      'xla', "The convolutions' kernels: 'xla', or 'onednn' (CPU only; pip install "
+      "'lrsched[onednn]' and a C++ compiler): oneDNN's forward and gradients inside the "
+      "compiled step, faster CPU training (WORKSPACE.md); results agree to float rounding.")
 
   # Data.
   dataset: str = _field('cifar10', 'cifar10, cifar100 or synthetic.')
@@ -176,8 +176,8 @@ class Config:
     _choice('optimizer', self.optimizer, OPTIMIZERS)
     _choice('batch_lr_scaling', self.batch_lr_scaling, BATCH_LR_SCALINGS)
     _choice('precision', self.precision, PRECISIONS)
-    from experiments.models.conv_backward import CONV_BACKWARDS
-    _choice('conv_backward', self.conv_backward, CONV_BACKWARDS)
+    from experiments.models.conv import CONVS
+    _choice('conv', self.conv, CONVS)
     _choice('weight_decay_mode', self.weight_decay_mode, WEIGHT_DECAY_MODES)
     from experiments.data.augment import AUGMENTATIONS  # the module that owns the modes
     _choice('augment', self.augment, AUGMENTATIONS)

@@ -212,7 +212,7 @@ def build_model(config: Config):
                                else 10, dtype=dtype, bn_group_size=config.bn_group_size,
                                bn_momentum=config.bn_momentum, bn_debias=config.bn_debias,
                                dropout_rate=config.dropout_rate, shortcut=config.shortcut,
-                               conv_backward=config.conv_backward)
+                               conv=config.conv)
   except ValueError as e:
     raise ConfigError(f'--model: {e}') from None
 
@@ -310,7 +310,9 @@ def check_resumable(config: Config, workdir: str) -> None:
   with open(path) as f:
     saved = json.load(f)
   current = dataclasses.asdict(config)
-  # A field added since the run started reads as its default there.
+  # A field added since the run started reads as its default there. --conv_backward
+  # ('xla' or 'torch', the same results to float rounding) became --conv.
+  saved.pop('conv_backward', None)
   saved = {**dataclasses.asdict(Config()), **saved}
   differ = sorted(k for k in set(saved) | set(current)
                   if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
@@ -432,7 +434,7 @@ def prepare(config: Config, devices: list[jax.Device] | None = None, *,
   workdir = workdir or config.workdir or config.default_workdir
   devices = jax.devices() if devices is None else list(devices)
   check_config(config, len(devices))
-  if why := models.conv_backward.check_available(config.conv_backward, devices[0].platform):
+  if why := models.conv.check_available(config.conv, devices[0].platform):
     raise ConfigError(why)
   check_workdir(workdir)
   parent = None

@@ -60,7 +60,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
   with_ratio = any(r.get('schedule_cost_ratio') is not None for r in results)
   with_torch = any(r.get('torch') for r in results)
   with_profile = any(r.get('profile') for r in results)
-  header = ['model', 'batch', 'precision', 'schedule', 'K', 'compile s',
+  with_conv = any(r.get('conv', 'xla') != 'xla' for r in results)
+  header = ['model', 'batch', 'precision'] + ['conv'] * with_conv + ['schedule', 'K', 'compile s',
             'step ms (p10-p90)', 'train img/s', 'eval img/s', 'GFLOP/img', 'TFLOP/s',
             '% peak', 'group peak mem GiB']
   header += ['vs 1st schedule'] * with_ratio
@@ -74,9 +75,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
     else:
       t = r['step_time_ms']
       schedule = r['schedule'] if len(r['schedule']) <= 24 else r['schedule'][:21] + '...'
-      precision = r['precision'] + (f" ({r['conv_backward']} conv backward)"
-                                    if r.get('conv_backward', 'xla') != 'xla' else '')
-      cells = [r['model'], str(r['batch_size']), precision, schedule,
+      cells = [r['model'], str(r['batch_size']), r['precision'], *[r['conv']] * with_conv,
+               schedule,
                str(r['steps_per_dispatch']), _fmt(r['compile_s'], '.1f'),
                f'{t["median"]:.2f} ({t["p10"]:.2f}-{t["p90"]:.2f})',
                _fmt(r['train_images_per_sec'], ',.0f'), _fmt(r['eval_images_per_sec'], ',.0f'),

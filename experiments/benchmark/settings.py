@@ -27,8 +27,8 @@ def define_flags() -> None:
       "interleaved to compare their cost. Bare 'triangular', 'triangular2' and 'clr' get "
       "base_lr=0.08, step_size=2000. Default: the trainer's default schedule.")
   flags.DEFINE_string('momentum', 'cyclical', "Momentum, as the trainer's --momentum.")
-  flags.DEFINE_enum('conv_backward', 'xla', ['xla', 'torch'],
-                    "The convolutions' backward pass, as the trainer's --conv_backward.")
+  flags.DEFINE_list('convs', ['xla'], "The convolutions' kernels, as the trainer's --conv: "
+                    "several (xla,onednn) are timed interleaved in one process.")
   flags.DEFINE_float('lr', 0.8, "The schedules' lr / max_lr where a spec leaves it out.")
   flags.DEFINE_integer('train_examples', 50_000,
                        'Synthetic training-set size (kept on every device).')
@@ -122,7 +122,7 @@ class Settings:
   torch_compile_mode: str
   profile_dir: str | None = None
   profile_steps: int = 20
-  conv_backward: str = 'xla'
+  convs: tuple[str, ...] = ('xla',)
 
   def groups(self) -> Iterator[tuple[str, int, str]]:
     """(model, global batch, precision), in the order they run."""
@@ -142,7 +142,7 @@ class Settings:
             f'--samples={self.samples}', f'--steps_per_sample={self.steps_per_sample}',
             f'--eval_repeats={self.eval_repeats}', f'--seed={self.seed}', '--noquick',
             '--noisolate', '--notorch', f'--json={json_path}',
-            f'--profile_steps={self.profile_steps}', f'--conv_backward={self.conv_backward}',
+            f'--profile_steps={self.profile_steps}', '--convs=' + ','.join(self.convs),
             *([f'--profile_dir={self.profile_dir}'] if self.profile_dir else [])]
 
 
@@ -176,14 +176,19 @@ def settings_from_flags() -> Settings:
       **{name: value(name) for name in (
           'momentum', 'lr', 'train_examples', 'test_examples', 'warmup_steps', 'samples',
           'steps_per_sample', 'eval_repeats', 'seed', 'quick', 'isolate', 'torch',
-          'torch_compile', 'torch_compile_mode', 'profile_dir', 'profile_steps',
-          'conv_backward')})
+          'torch_compile', 'torch_compile_mode', 'profile_dir', 'profile_steps')},
+      convs=tuple(value('convs')))
   for name in ('train_examples', 'test_examples', 'warmup_steps', 'samples',
                'steps_per_sample', 'eval_repeats', 'profile_steps'):
     if getattr(settings, name) < 1:
       raise BenchmarkError(f'--{name} must be >= 1, got {getattr(settings, name)}')
   if not settings.models or not settings.precisions or not settings.schedules:
     raise BenchmarkError('--models, --precisions and --schedules must not be empty')
+  from experiments.models.conv import CONVS
+  if not settings.convs or len(set(settings.convs)) != len(settings.convs) or any(
+      c not in CONVS for c in settings.convs):
+    raise BenchmarkError(f'--convs must list each of {", ".join(CONVS)} at most once, got '
+                         f'{",".join(settings.convs)!r}')
   if len(set(settings.schedules)) != len(settings.schedules):
     raise BenchmarkError(f'--schedules lists a schedule twice: {",".join(settings.schedules)}')
   # Every configuration is checked before anything is compiled or any process started.
@@ -203,7 +208,6 @@ def plan(settings: Settings, model: str, batch: int, precision: str, schedule: s
   config = Config(model=model, batch_size=batch, precision=precision, dataset='synthetic',
                   schedule=SCHEDULE_SHORTHANDS.get(schedule, schedule),
                   momentum=settings.momentum, lr=settings.lr, seed=settings.seed,
-                  conv_backward=settings.conv_backward,
                   synthetic_examples=settings.train_examples)
   try:
     setup.build_model(config)

@@ -1,10 +1,11 @@
-"""One group timed: every (schedule, K) of one (model, batch, precision) compiled in this
-process, its samples interleaved, the evaluation timed, the rows assembled."""
+"""One group timed: every (conv, schedule, K) of one (model, batch, precision) compiled in
+this process, its samples interleaved, each conv's evaluation timed, the rows assembled."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 import os
 import re
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 class _Variant:
   """One compiled training program of a group and its state."""
 
+  conv: str
   schedule: str
   k: int
   plan: Any  # experiments.setup.Plan
@@ -74,15 +76,16 @@ def _run_sample(variant: _Variant, train_args: tuple, steps: int) -> float:
 
 def benchmark_group(settings: Settings, model_name: str, batch: int, precision: str,
                     dataset=None) -> list[dict[str, Any]]:
-  """Compiles and times every (schedule, K) of one (model, batch, precision) group."""
+  """Compiles and times every (conv, schedule, K) of one (model, batch, precision) group."""
   import jax
 
   from experiments import data, models, parallel, setup, train
   from experiments.benchmark import profiling
 
   devices = jax.devices()
-  if why := models.conv_backward.check_available(settings.conv_backward, devices[0].platform):
-    raise BenchmarkError(why)
+  for conv in settings.convs:
+    if why := models.conv.check_available(conv, devices[0].platform):
+      raise BenchmarkError(why)
   mesh = parallel.make_mesh(devices)
   num_devices = mesh.size
   if dataset is None:
@@ -90,14 +93,16 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
                         synthetic_size=(settings.train_examples, settings.test_examples))
   base, _ = plan(settings, model_name, batch, precision, settings.schedules[0])
   local_batch = setup.check_devices(base, num_devices)
-  model = setup.build_model(base)  # the trainer's own model builder
+  # The trainer's own model builder, once per conv.
+  conv_models = {conv: setup.build_model(base.replace(conv=conv)) for conv in settings.convs}
   dtype = setup.compute_dtype(base)
   train_args = setup.put_training_data(mesh, dataset)
   init_key, step_key = jax.random.split(jax.random.key(settings.seed))
   name = f'{model_name} batch {batch} {precision}'
 
   variants: list[_Variant] = []
-  for schedule in settings.schedules:
+  for conv, schedule in itertools.product(settings.convs, settings.schedules):
+    model = conv_models[conv]
     config, p = plan(settings, model_name, batch, precision, schedule)
     step_config = parallel.StepConfig(batch, config.augment, dtype)
     train_steps = parallel.make_train_steps(model, p.tx, mesh, step_config, step_key)
@@ -108,8 +113,8 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
       state = jax.device_put(initial, parallel.replicated(mesh), may_alias=False)
       lowered, compiled, lower_s, compile_s = _lower_and_compile(
           train_steps.compiled(k), state, *train_args)
-      log.info('%s, %s, K=%d: lowered in %.1f s, compiled in %.1f s', name, schedule, k,
-               lower_s, compile_s)
+      log.info('%s, conv %s, %s, K=%d: lowered in %.1f s, compiled in %.1f s', name, conv,
+               schedule, k, lower_s, compile_s)
       if one_step_cost is None:
         # XLA counts a while loop's body once, whatever its trip count: the cost of a step
         # is that of the one-step program (compiled here only for that if K=1 isn't run).
@@ -119,7 +124,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
             lowered, compiled if k == 1 else lowered.compile(),
             functools.partial(lower_one_step_on_cpu, model, p.tx, step_config, local_batch,
                               step_key, state, train_args))
-      variants.append(_Variant(schedule, k, p, compiled, state, lower_s, compile_s,
+      variants.append(_Variant(conv, schedule, k, p, compiled, state, lower_s, compile_s,
                                memory_analysis_bytes(compiled), one_step_cost))
 
   for v in variants:  # warm-up: the first runs allocate, and GPU clocks ramp up
@@ -137,23 +142,26 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
   test = parallel.pad_for_eval(dataset.test_images, dataset.test_labels.astype(np.int32),
                                num_devices, chunk)
   test_args = tuple(parallel.put_sharded(mesh, a) for a in test)
-  state = variants[0].state
-  eval_args = (state.params, state.batch_stats, *test_args, *train_args[2:])
-  _, evaluate, eval_lower_s, eval_compile_s = _lower_and_compile(
-      parallel.make_eval_step(model, mesh, dtype, chunk), *eval_args)
-  jax.block_until_ready(evaluate(*eval_args))
-  eval_times = []
-  for _ in range(settings.eval_repeats):
-    start = time.perf_counter()
+  evals = {}  # conv -> (lower s, compile s, images/s)
+  for conv in settings.convs:
+    state = next(v for v in variants if v.conv == conv).state
+    eval_args = (state.params, state.batch_stats, *test_args, *train_args[2:])
+    _, evaluate, eval_lower_s, eval_compile_s = _lower_and_compile(
+        parallel.make_eval_step(conv_models[conv], mesh, dtype, chunk), *eval_args)
     jax.block_until_ready(evaluate(*eval_args))
-    eval_times.append(time.perf_counter() - start)
-  eval_images_per_sec = len(dataset.test_labels) / float(np.median(eval_times))
+    eval_times = []
+    for _ in range(settings.eval_repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(evaluate(*eval_args))
+      eval_times.append(time.perf_counter() - start)
+    evals[conv] = (eval_lower_s, eval_compile_s,
+                   len(dataset.test_labels) / float(np.median(eval_times)))
 
   profiles: dict[int, tuple[str, dict[str, Any] | None]] = {}
   if settings.profile_dir:  # after the timing, so that tracing cannot disturb it
     for i, v in enumerate(variants):
       where = os.path.join(settings.profile_dir, _slug(f'{model_name}-b{batch}-{precision}'),
-                           _slug(f'{i}-{v.schedule}-k{v.k}'))
+                           _slug(f'{i}-{v.conv}-{v.schedule}-k{v.k}'))
       dispatches = -(-settings.profile_steps // v.k)
       with profiling.trace(where):
         for _ in range(dispatches):
@@ -175,23 +183,24 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
     compiled_flops = v.cost.get('compiled_flops')
     bytes_accessed = v.cost.get('bytes accessed')
     tflops = None if flops_per_step is None else flops_per_step / seconds / 1e12
-    reference = next(r for r in variants if r.k == v.k)  # the first schedule, same K
+    # The first schedule, same conv and K.
+    reference = next(r for r in variants if r.conv == v.conv and r.k == v.k)
     ratio = None
     if len(settings.schedules) > 1:
       ratio = float(np.median(np.asarray(v.times) / np.asarray(reference.times)))
     rows.append({
         'model': model_name, 'parameters': parameters, 'batch_size': batch,
         'per_device_batch': local_batch,
-        'precision': precision, 'conv_backward': settings.conv_backward,
+        'precision': precision, 'conv': v.conv,
         'schedule': v.schedule, 'schedule_spec': repr(v.plan.lr_schedule),
         'momentum_spec': repr(v.plan.momentum), 'steps_per_dispatch': v.k,
         'device_kind': device.device_kind, 'device_count': num_devices,
         'lower_s': v.lower_s, 'compile_s': v.compile_s,
-        'eval_lower_s': eval_lower_s, 'eval_compile_s': eval_compile_s,
+        'eval_lower_s': evals[v.conv][0], 'eval_compile_s': evals[v.conv][1],
         'step_time_ms': times, 'samples': len(v.times),
         'timed_steps': len(v.times) * -(-settings.steps_per_sample // v.k) * v.k,
         'train_images_per_sec': batch / seconds,
-        'eval_images_per_sec': eval_images_per_sec, 'eval_examples': len(dataset.test_labels),
+        'eval_images_per_sec': evals[v.conv][2], 'eval_examples': len(dataset.test_labels),
         'eval_chunk': chunk,
         'flops_per_step': flops_per_step,
         'compiled_flops_per_step': (None if compiled_flops is None

@@ -19,7 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from experiments.models.conv_backward import CONV_BACKWARDS
+from experiments.models.conv import CONVS
 from experiments.models.layers import GhostBatchNorm
 from experiments.models.resnet import SHORTCUTS, BasicBlock, CifarResNet
 from experiments.models.wide_resnet import WideBlock, WideResNet
@@ -59,7 +59,7 @@ def create_model(
   bn_debias: bool = False,
   dropout_rate: float = 0.0,
   shortcut: str | None = None,
-  conv_backward: str = 'xla',
+  conv: str = 'xla',
 ) -> nn.Module:
   """Builds a CIFAR model by name.
 
@@ -82,8 +82,8 @@ def create_model(
       ResNets.
     shortcut: ResNets only: 'A' (default; zero-padded identity), 'B' (1x1 conv projection)
       or 'caffe' (Smith & Topin's Caffe ResNet). Must be None for WRNs.
-    conv_backward: 'xla' (default), or 'torch': on CPU, the convolutions' backward pass by
-      PyTorch's oneDNN kernels (`conv_backward`; the forward is XLA's either way).
+    conv: the convolutions' kernels: 'xla' (default), or 'onednn': on CPU, oneDNN's for the
+      forward and both gradients (`experiments.models.conv`).
 
   Returns:
     An uninitialised `flax.linen.Module`, called as ``model.apply(variables, images,
@@ -104,8 +104,8 @@ def create_model(
     raise ValueError(f'bn_momentum must be in [0, 1), got {bn_momentum!r}')
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f'dropout_rate must be in [0, 1), got {dropout_rate!r}')
-  if conv_backward not in CONV_BACKWARDS:
-    raise ValueError(f'conv_backward must be one of {CONV_BACKWARDS}, got {conv_backward!r}')
+  if conv not in CONVS:
+    raise ValueError(f'conv must be one of {CONVS}, got {conv!r}')
 
   if not isinstance(name, str):
     raise _error(f'The model name must be a str, got {name!r}')
@@ -127,7 +127,7 @@ def create_model(
       bn_group_size=bn_group_size,
       bn_momentum=bn_momentum,
       bn_debias=bn_debias,
-      conv_backward=conv_backward,
+      conv=conv,
     )
 
   if match := _WRN.fullmatch(name):
@@ -147,14 +147,14 @@ def create_model(
       bn_group_size=bn_group_size,
       bn_momentum=bn_momentum,
       bn_debias=bn_debias,
-      conv_backward=conv_backward,
+      conv=conv,
     )
 
   raise _error(f'Unknown model {name!r}')
 
 
 __all__ = [
-  'CONV_BACKWARDS',
+  'CONVS',
   'NAMES',
   'SHORTCUTS',
   'BasicBlock',

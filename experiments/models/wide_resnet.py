@@ -25,7 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from experiments.models import conv_backward, layers
+from experiments.models import conv as convs
+from experiments.models import layers
 
 STAGE_WIDTHS = (16, 32, 64)
 
@@ -80,8 +81,8 @@ class WideResNet(nn.Module):
     bn_momentum: decay of the batch-norm running averages.
     bn_debias: Caffe's running averages, free of their initial values
       (`layers.GhostBatchNorm`'s ``debias``).
-    conv_backward: 'xla', or 'torch' for PyTorch's kernels in the convolutions' backward
-      pass on CPU (`conv_backward`).
+    conv: the convolutions' kernels: 'xla', or 'onednn' for oneDNN's on CPU
+      (`experiments.models.conv`).
   """
 
   depth: int
@@ -92,7 +93,7 @@ class WideResNet(nn.Module):
   bn_group_size: int | None = None
   bn_momentum: float = 0.9
   bn_debias: bool = False
-  conv_backward: str = 'xla'
+  conv: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -107,7 +108,7 @@ class WideResNet(nn.Module):
       kernel_init=layers.he_normal_fan_out,
       dtype=self.dtype,
       param_dtype=jnp.float32,
-      conv_general_dilated=conv_backward.conv_general_dilated(self.conv_backward),
+      conv_general_dilated=convs.conv_general_dilated(self.conv),
     )
     norm = functools.partial(
       layers.GhostBatchNorm,

@@ -21,7 +21,8 @@ from tests.xla_flags import with_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HAS_TORCH = importlib.util.find_spec('torch') is not None
-ROW_FIELDS = ('model', 'parameters', 'batch_size', 'per_device_batch', 'precision', 'schedule',
+ROW_FIELDS = ('model', 'parameters', 'batch_size', 'per_device_batch', 'precision', 'conv',
+              'schedule',
               'schedule_spec', 'momentum_spec', 'steps_per_dispatch', 'device_kind',
               'device_count', 'lower_s', 'compile_s', 'eval_lower_s', 'eval_compile_s',
               'step_time_ms', 'samples', 'timed_steps', 'train_images_per_sec',
@@ -214,11 +215,28 @@ def test_schedule_cost_comparison_runs(tmp_path):
   assert 'vs 1st schedule' in result.stdout
 
 
-def test_bad_flag_is_one_line_and_exit_2():
-  result = _run(['-m', 'experiments.benchmark', '--quick', '--models=resnet7'], timeout=120)
+@pytest.mark.skipif(models.conv.check_available('onednn', 'cpu') is not None,
+                    reason='oneDNN is not installed')
+def test_conv_comparison_runs_both_in_one_process(tmp_path):
+  path = tmp_path / 'convs.json'
+  result = _run(['-m', 'experiments.benchmark', '--quick', '--convs=xla,onednn',
+                 '--steps_per_dispatch=1', '--noisolate', f'--json={path}'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(path.read_text())['results']
+  assert [r['conv'] for r in rows] == ['xla', 'onednn']
+  for row in rows:
+    _check_times(row['step_time_ms'])
+    assert _positive(row['eval_images_per_sec']) and _positive(row['eval_compile_s'])
+  assert '| conv |' in result.stdout and '| onednn |' in result.stdout
+
+
+@pytest.mark.parametrize('flag, words', [('--models=resnet7', ('resnet7', 'resnet56')),
+                                         ('--convs=xla,torch', ('--convs', 'onednn'))])
+def test_bad_flag_is_one_line_and_exit_2(flag, words):
+  result = _run(['-m', 'experiments.benchmark', '--quick', flag], timeout=120)
   assert result.returncode == 2
   errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
-  assert len(errors) == 1 and 'resnet7' in errors[0] and 'resnet56' in errors[0]
+  assert len(errors) == 1 and all(w in errors[0] for w in words), errors
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason='torch is not importable')

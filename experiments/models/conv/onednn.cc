@@ -1,0 +1,224 @@
+// oneDNN's convolutions as XLA FFI handlers on CPU: forward, backward data, backward weights.
+//
+// Activations are NHWC and kernels HWIO, as JAX lays them out; oneDNN reads and writes the
+// activations in place and gets the kernel reordered into the layout it prefers (a small
+// array). Primitives are built once per shape and dtype and cached. Each call brings its own
+// scratchpad (user mode), so one primitive may run on several XLA threads at once (one
+// device per thread with fake CPU devices). Built by `experiments/models/conv/onednn.py`.
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using tag = dnnl::memory::format_tag;
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::stream& Stream() {
+  thread_local dnnl::stream stream(Engine());
+  return stream;
+}
+
+// A thread's grow-only buffer: scratchpads and reordered kernels, never shared.
+void* Buffer(std::vector<char>& buffer, size_t bytes) {
+  constexpr size_t kAlign = 64;
+  if (buffer.size() < bytes + kAlign) buffer.resize(bytes + kAlign);
+  auto address = reinterpret_cast<uintptr_t>(buffer.data());
+  return buffer.data() + (kAlign - address % kAlign) % kAlign;
+}
+
+dnnl::memory Temporary(std::vector<char>& buffer, const dnnl::memory::desc& desc) {
+  return dnnl::memory(desc, Engine(), Buffer(buffer, desc.get_size()));
+}
+
+template <ffi::DataType T> constexpr dnnl::memory::data_type kType = dnnl::memory::data_type::f32;
+template <> constexpr dnnl::memory::data_type kType<ffi::BF16> = dnnl::memory::data_type::bf16;
+
+// One convolution: input n x h x w x c, kernel kh x kw x c x o, output n x oh x ow x o.
+struct Geometry {
+  int64_t n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pl, pb, pr;
+  dnnl::memory::data_type type;
+
+  auto Key() const { return std::make_tuple(n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pl,
+                                            pb, pr, static_cast<int>(type)); }
+  dnnl::memory::desc Src() const { return {{n, c, h, w}, type, tag::nhwc}; }
+  dnnl::memory::desc Dst() const { return {{n, o, oh, ow}, type, tag::nhwc}; }
+  dnnl::memory::desc AnyWeights() const { return {{o, c, kh, kw}, type, tag::any}; }
+  dnnl::memory::desc Hwio() const { return {{o, c, kh, kw}, type, tag::hwio}; }
+  dnnl::memory::dims Strides() const { return {sh, sw}; }
+  dnnl::memory::dims PadLo() const { return {pt, pl}; }
+  dnnl::memory::dims PadHi() const { return {pb, pr}; }
+};
+
+Geometry GeometryOf(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                    ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
+                    dnnl::memory::data_type type) {
+  Geometry g{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2], sh, sw, pt, pl, 0, 0, type};
+  g.pb = (g.oh - 1) * sh + g.kh - g.h - pt;  // what XLA's output size implies
+  g.pr = (g.ow - 1) * sw + g.kw - g.w - pl;
+  return g;
+}
+
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+dnnl::convolution_forward::primitive_desc ForwardPd(const Geometry& g) {
+  return {Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+          g.Src(), g.AnyWeights(), g.Dst(), g.Strides(), g.PadLo(), g.PadHi(),
+          UserScratchpad()};
+}
+
+// A primitive, its kernel layout and the reorder between that layout and HWIO.
+struct Plan {
+  dnnl::primitive primitive;
+  dnnl::memory::desc weights, scratchpad;
+  dnnl::reorder reorder;  // empty when the primitive takes HWIO as it is
+};
+
+template <typename Primitive, typename Pd>
+Plan MakePlan(const Pd& pd, const dnnl::memory::desc& weights, const Geometry& g,
+              bool to_hwio) {
+  Plan plan{Primitive(pd), weights, pd.scratchpad_desc(), {}};
+  if (weights != g.Hwio()) {
+    plan.reorder = to_hwio ? dnnl::reorder(dnnl::reorder::primitive_desc(
+                                 Engine(), weights, Engine(), g.Hwio()))
+                           : dnnl::reorder(dnnl::reorder::primitive_desc(
+                                 Engine(), g.Hwio(), Engine(), weights));
+  }
+  return plan;
+}
+
+enum class Op { kForward, kBackwardData, kBackwardWeights };
+
+const Plan& PlanFor(Op op, const Geometry& g) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, decltype(g.Key())>, Plan> plans;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto key = std::make_tuple(static_cast<int>(op), g.Key());
+  auto it = plans.find(key);
+  if (it != plans.end()) return it->second;
+  auto forward = ForwardPd(g);
+  Plan plan;
+  if (op == Op::kForward) {
+    plan = MakePlan<dnnl::convolution_forward>(forward, forward.weights_desc(), g, false);
+  } else if (op == Op::kBackwardData) {
+    dnnl::convolution_backward_data::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, g.Src(), g.AnyWeights(), g.Dst(),
+        g.Strides(), g.PadLo(), g.PadHi(), forward, UserScratchpad());
+    plan = MakePlan<dnnl::convolution_backward_data>(pd, pd.weights_desc(), g, false);
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, g.Src(), g.AnyWeights(), g.Dst(),
+        g.Strides(), g.PadLo(), g.PadHi(), forward, UserScratchpad());
+    plan = MakePlan<dnnl::convolution_backward_weights>(pd, pd.diff_weights_desc(), g, true);
+  }
+  return plans.emplace(key, std::move(plan)).first->second;
+}
+
+// Runs `op`: `a` and `b` are its two operands, `out` its result, each NHWC or HWIO.
+ffi::Error Run(Op op, const Geometry& g, void* a, void* b, void* out) {
+  try {
+    const Plan& plan = PlanFor(op, g);
+    thread_local std::vector<char> scratch_buffer, weights_buffer;
+    auto& stream = Stream();
+    dnnl::memory scratchpad = Temporary(scratch_buffer, plan.scratchpad);
+    auto weights = [&](void* hwio) {
+      return dnnl::memory(g.Hwio(), Engine(), hwio);
+    };
+    auto in_plan_layout = [&](dnnl::memory hwio) {
+      if (!plan.reorder) return hwio;
+      dnnl::memory reordered = Temporary(weights_buffer, plan.weights);
+      plan.reorder.execute(stream, hwio, reordered);
+      return reordered;
+    };
+    if (op == Op::kForward) {  // a: x, b: w, out: y
+      plan.primitive.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(g.Src(), Engine(), a)},
+                                      {DNNL_ARG_WEIGHTS, in_plan_layout(weights(b))},
+                                      {DNNL_ARG_DST, dnnl::memory(g.Dst(), Engine(), out)},
+                                      {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    } else if (op == Op::kBackwardData) {  // a: dy, b: w, out: dx
+      plan.primitive.execute(stream, {{DNNL_ARG_DIFF_DST, dnnl::memory(g.Dst(), Engine(), a)},
+                                      {DNNL_ARG_WEIGHTS, in_plan_layout(weights(b))},
+                                      {DNNL_ARG_DIFF_SRC, dnnl::memory(g.Src(), Engine(), out)},
+                                      {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    } else {  // a: x, b: dy, out: dw
+      dnnl::memory hwio = weights(out);
+      dnnl::memory dw = plan.reorder ? Temporary(weights_buffer, plan.weights) : hwio;
+      plan.primitive.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(g.Src(), Engine(), a)},
+                                      {DNNL_ARG_DIFF_DST, dnnl::memory(g.Dst(), Engine(), b)},
+                                      {DNNL_ARG_DIFF_WEIGHTS, dw},
+                                      {DNNL_ARG_SCRATCHPAD, scratchpad}});
+      if (plan.reorder) plan.reorder.execute(stream, dw, hwio);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN convolution: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+template <ffi::DataType T>
+ffi::Error Forward(ffi::Buffer<T> x, ffi::Buffer<T> w, ffi::ResultBuffer<T> y, int64_t sh,
+                   int64_t sw, int64_t pt, int64_t pl) {
+  Geometry g = GeometryOf(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pl,
+                          kType<T>);
+  return Run(Op::kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data());
+}
+
+template <ffi::DataType T>
+ffi::Error BackwardData(ffi::Buffer<T> dy, ffi::Buffer<T> w, ffi::ResultBuffer<T> dx,
+                        int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  Geometry g = GeometryOf(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pl,
+                          kType<T>);
+  return Run(Op::kBackwardData, g, dy.untyped_data(), w.untyped_data(), dx->untyped_data());
+}
+
+template <ffi::DataType T>
+ffi::Error BackwardWeights(ffi::Buffer<T> x, ffi::Buffer<T> dy, ffi::ResultBuffer<T> dw,
+                           int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  Geometry g = GeometryOf(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pl,
+                          kType<T>);
+  return Run(Op::kBackwardWeights, g, x.untyped_data(), dy.untyped_data(), dw->untyped_data());
+}
+
+template <ffi::DataType T>
+auto Binding() {
+  return ffi::Ffi::Bind()
+      .template Arg<ffi::Buffer<T>>()
+      .template Arg<ffi::Buffer<T>>()
+      .template Ret<ffi::Buffer<T>>()
+      .template Attr<int64_t>("stride_h")
+      .template Attr<int64_t>("stride_w")
+      .template Attr<int64_t>("pad_top")
+      .template Attr<int64_t>("pad_left");
+}
+
+}  // namespace
+
+// Exported names: lrsched_conv_{forward,backward_data,backward_weights}_{f32,bf16}.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(lrsched_conv_forward_f32, Forward<ffi::F32>, Binding<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(lrsched_conv_backward_data_f32, BackwardData<ffi::F32>,
+                              Binding<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(lrsched_conv_backward_weights_f32, BackwardWeights<ffi::F32>,
+                              Binding<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(lrsched_conv_forward_bf16, Forward<ffi::BF16>,
+                              Binding<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(lrsched_conv_backward_data_bf16, BackwardData<ffi::BF16>,
+                              Binding<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(lrsched_conv_backward_weights_bf16, BackwardWeights<ffi::BF16>,
+                              Binding<ffi::BF16>());

@@ -1,0 +1,179 @@
+"""oneDNN's convolutions inside XLA on CPU (``--conv=onednn``): forward and both gradients.
+
+XLA:CPU runs a ResNet's convolutions through Eigen, 1.2-14x slower than oneDNN on the same
+cores, the weight gradient worst (WORKSPACE.md, issue 10). This backend runs oneDNN's kernels
+as XLA FFI custom calls in the compiled step itself: no host callback, no copy (oneDNN reads
+JAX's NHWC buffers in place and reorders only the small HWIO kernel into its own layout).
+
+oneDNN comes from PyPI (``pip install 'lrsched[onednn]'``: ``onednn-devel-cpu-gomp``, oneDNN
+3.2 built with GNU OpenMP, and its headers). The handlers (``onednn.cc``) are compiled with
+the system's C++ compiler (``$CXX``, else ``g++``) on first use, against the headers of the
+jaxlib in use, into ``cache_dir()/onednn/<hash of the source, jaxlib and oneDNN>``, once
+per machine (about 10 s; an atomic rename, so concurrent processes are safe). `unavailable`
+says in one line what is missing. Convolutions the handlers do not cover (dilation, groups,
+layouts other than NHWC/HWIO, mixed dtypes) run as XLA's. The results agree with XLA's to
+float rounding (the forward bit for bit in float32 on the machines measured so far; the
+gradients to about 1e-6 relative).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from experiments.models.conv import vma
+
+SOURCE = Path(__file__).with_name('onednn.cc')
+RUNTIME, HEADERS = 'onednn-cpu-gomp', 'onednn-devel-cpu-gomp'
+_INSTALL = "pip install 'lrsched[onednn]'"
+_NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+_TYPES = {jnp.dtype(jnp.float32): 'f32', jnp.dtype(jnp.bfloat16): 'bf16'}
+_OPS = ('forward', 'backward_data', 'backward_weights')
+
+
+class Unavailable(RuntimeError):
+  """oneDNN or a C++ compiler is missing, or the handlers failed to build (one line)."""
+
+
+def unavailable() -> str | None:
+  """Why the oneDNN convolutions cannot run here (one line naming the fix), or None."""
+  try:
+    _register()
+  except Unavailable as e:
+    return str(e)
+  return None
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None):
+  """`lax.conv_general_dilated` by oneDNN where it covers the convolution, else XLA's."""
+  xla = functools.partial(
+      lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type)
+  covered = (lhs.ndim == 4
+             and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC
+             and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+             and feature_group_count == 1 and batch_group_count == 1
+             and lhs.dtype == rhs.dtype and lhs.dtype in _TYPES
+             and preferred_element_type in (None, lhs.dtype))
+  if not covered:
+    return xla(lhs, rhs)
+  _register()
+  strides = tuple(int(s) for s in window_strides)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  lhs, rhs = vma.match(lhs, rhs)
+  return _conv(lhs, rhs, strides, pads)
+
+
+def _out_size(size: int, kernel: int, stride: int, pad: tuple[int, int]) -> int:
+  return (size + pad[0] + pad[1] - kernel) // stride + 1
+
+
+def _call(op: str, shape, a, b, strides, pads):
+  """The handler ``op`` on operands ``a``, ``b``, its result of ``shape`` in their dtype."""
+  name = f'lrsched_conv_{op}_{_TYPES[jnp.dtype(a.dtype)]}'
+  out = jax.ffi.ffi_call(name, jax.ShapeDtypeStruct(shape, a.dtype),
+                         vmap_method='sequential')(
+      a, b, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
+      pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
+  return vma.like(out, a, b)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, w, strides, pads):
+  n, h, wd, _ = x.shape
+  kh, kw, _, o = w.shape
+  shape = (n, _out_size(h, kh, strides[0], pads[0]), _out_size(wd, kw, strides[1], pads[1]), o)
+  return _call('forward', shape, x, w, strides, pads)
+
+
+def _conv_fwd(x, w, strides, pads):
+  return _conv(x, w, strides, pads), (x, w)
+
+
+def _conv_bwd(strides, pads, residuals, g):
+  x, w = residuals
+  g = g.astype(x.dtype)
+  return (_call('backward_data', x.shape, g, w, strides, pads),
+          _call('backward_weights', w.shape, x, g, strides, pads))
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _installed_file(distribution: str, suffix: str) -> Path:
+  try:
+    files = importlib.metadata.files(distribution) or []
+  except importlib.metadata.PackageNotFoundError:
+    raise Unavailable(f'--conv=onednn needs oneDNN: {_INSTALL} (or --conv=xla)') from None
+  for f in files:
+    if str(f).replace(os.sep, '/').endswith(suffix):
+      return Path(f.locate()).resolve()
+  raise Unavailable(f'{distribution} has no {suffix}: reinstall it ({_INSTALL})')
+
+
+@functools.cache
+def _register() -> None:
+  """Builds (once per machine) and loads the handlers and registers them with XLA."""
+  library = ctypes.CDLL(str(_build()))
+  for op in _OPS:
+    for suffix in _TYPES.values():
+      name = f'lrsched_conv_{op}_{suffix}'
+      jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)),
+                                  platform='cpu')
+
+
+def _build() -> Path:
+  """The compiled handlers, from the cache or compiled now (atomically)."""
+  from experiments.data import cache_dir
+
+  dnnl = _installed_file(RUNTIME, '/libdnnl.so.3')
+  header = _installed_file(HEADERS, 'include/oneapi/dnnl/dnnl.hpp')
+  compiler = shutil.which(os.environ.get('CXX', 'g++'))
+  if compiler is None:
+    raise Unavailable('--conv=onednn compiles its kernels with a C++ compiler: install g++ '
+                      '(or set $CXX), or use --conv=xla')
+  key = hashlib.sha256()
+  for part in (SOURCE.read_bytes(), jax.__version__.encode(), importlib.metadata.version(
+      'jaxlib').encode(), importlib.metadata.version(RUNTIME).encode(), compiler.encode()):
+    key.update(part + b'\0')
+  target = cache_dir() / 'onednn' / key.hexdigest()[:16] / 'liblrsched_onednn.so'
+  if target.is_file():
+    return target
+  target.parent.mkdir(parents=True, exist_ok=True)
+  fd, partial = tempfile.mkstemp(suffix='.so.partial', dir=target.parent)
+  os.close(fd)
+  command = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w',
+             f'-I{header.parents[2]}', f'-I{jax.ffi.include_dir()}', str(SOURCE),
+             f'-L{dnnl.parent}', '-l:libdnnl.so.3', f'-Wl,-rpath,{dnnl.parent}',
+             '-Wl,--no-undefined', '-o', partial]
+  try:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode:
+      lines = result.stderr.strip().splitlines() or ['no output']
+      first = next((line for line in lines if 'error' in line), lines[-1])
+      raise Unavailable(f'compiling the oneDNN convolutions failed ({first.strip()}); use '
+                        '--conv=xla')
+    os.replace(partial, target)
+  finally:
+    if os.path.exists(partial):
+      os.unlink(partial)
+  return target
