@@ -6,6 +6,8 @@ r"""Training-speed benchmark: compile time, step time, images/s and TFLOP/s of t
   python -m experiments.benchmark --models=resnet56 --batch_sizes=512 \
       --schedules=constant,one_cycle,triangular    # what a schedule costs per step
   python -m experiments.benchmark --torch            # and the PyTorch reference
+  python -m experiments.benchmark --models=resnet20 --batch_sizes=128 \
+      --precisions=float32 --convs=xla,onednn --torch    # CPU: XLA's kernels, oneDNN's, torch
 
 It times what ``python -m experiments.cifar`` runs, not a copy of it: the step of
 `experiments.parallel.make_train_steps` (``K = --steps_per_dispatch`` steps scanned inside one
@@ -13,7 +15,7 @@ dispatch), with the model, optimizer and state built as `experiments.train` buil
 synthetic uint8 CIFAR-shaped data replicated on every device, as the trainer keeps the
 training set; evaluation is `experiments.parallel.make_eval_step` on a padded, sharded test set.
 
-For each configuration (model, global batch, precision, schedule, K) it reports
+For each configuration (model, global batch, precision, conv, schedule, K) it reports
 
 * ``lower_s``, ``compile_s``: tracing + lowering, and XLA compilation, measured apart from
   execution with the ahead-of-time API (``train.compiled(K).lower(...).compile()``);
@@ -44,7 +46,9 @@ For each configuration (model, global batch, precision, schedule, K) it reports
 With several ``--schedules``, every schedule's step is compiled in the same process and their
 samples are interleaved, so that clock and thermal drift cancel; ``schedule_cost_ratio`` is
 the median over rounds of (this step time / the first schedule's step time) at the same K.
-Schedules are cheap scalar functions: the target is a ratio within 1% of 1.
+Schedules are cheap scalar functions: the target is a ratio within 1% of 1. Several
+``--convs`` (the trainer's ``--conv``: whose kernels run the convolutions) are compiled and
+interleaved the same way, each with its own evaluation, against one PyTorch reference.
 
 By default every (model, batch, precision) group runs in a fresh process (``--isolate``), so
 that peak memory and compile time are those of the group alone. Default groups: resnet56 at

@@ -227,6 +227,9 @@ def test_conv_comparison_runs_both_in_one_process(tmp_path):
   for row in rows:
     _check_times(row['step_time_ms'])
     assert _positive(row['eval_images_per_sec']) and _positive(row['eval_compile_s'])
+  # The same arithmetic: XLA would count the custom calls as nothing.
+  assert rows[1]['flops_per_step'] == rows[0]['flops_per_step']
+  assert rows[1]['compiled_flops_per_step'] < rows[0]['compiled_flops_per_step'] / 10
   assert '| conv |' in result.stdout and '| onednn |' in result.stdout
 
 

@@ -9,7 +9,7 @@ oneDNN comes from PyPI (``pip install 'lrsched[onednn]'``: ``onednn-devel-cpu-go
 3.2 built with GNU OpenMP, and its headers). The handlers (``onednn.cc``) are compiled with
 the system's C++ compiler (``$CXX``, else ``g++``) on first use, against the headers of the
 jaxlib in use, into ``cache_dir()/onednn/<hash of the source, jaxlib and oneDNN>``, once
-per machine (about 10 s; an atomic rename, so concurrent processes are safe). `unavailable`
+per machine (a few seconds; an atomic rename, so concurrent processes are safe). `unavailable`
 says in one line what is missing. Convolutions the handlers do not cover (dilation, groups,
 layouts other than NHWC/HWIO, mixed dtypes) run as XLA's. The results agree with XLA's to
 float rounding (the forward bit for bit in float32 on the machines measured so far; the
