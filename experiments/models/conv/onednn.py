@@ -10,10 +10,12 @@ oneDNN comes from PyPI (``pip install 'lrsched[onednn]'``: ``onednn-devel-cpu-go
 the system's C++ compiler (``$CXX``, else ``g++``) on first use, against the headers of the
 jaxlib in use, into ``cache_dir()/onednn/<hash of the source, jaxlib and oneDNN>``, once
 per machine (a few seconds; an atomic rename, so concurrent processes are safe). `unavailable`
-says in one line what is missing. Convolutions the handlers do not cover (dilation, groups,
-layouts other than NHWC/HWIO, mixed dtypes) run as XLA's. The results agree with XLA's to
-float rounding (the forward bit for bit in float32 on the machines measured so far; the
-gradients to about 1e-6 relative).
+says in one line what is missing. Loading it sets ``OMP_WAIT_POLICY=ACTIVE`` unless the
+environment sets it (oneDNN's threads spin between calls; measured faster on 2 cores).
+Convolutions the handlers do not cover (dilation, groups, layouts other than NHWC/HWIO,
+mixed dtypes) run as XLA's. The results agree with XLA's to float rounding (the forward
+bit for bit in float32 on the machines measured so far; the gradients to about 1e-6
+relative).
 """
 
 from __future__ import annotations
@@ -133,7 +135,11 @@ def _installed_file(distribution: str, suffix: str) -> Path:
 @functools.cache
 def _register() -> None:
   """Builds (once per machine) and loads the handlers and registers them with XLA."""
-  library = ctypes.CDLL(str(_build()))
+  path = _build()
+  # oneDNN's OpenMP threads spin between the step's many short convolutions rather than
+  # sleep: 4-6% faster training steps (WORKSPACE.md). Read when libgomp loads; yours wins.
+  os.environ.setdefault('OMP_WAIT_POLICY', 'ACTIVE')
+  library = ctypes.CDLL(str(path))
   for op in _OPS:
     for suffix in _TYPES.values():
       name = f'lrsched_conv_{op}_{suffix}'
