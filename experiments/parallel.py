@@ -23,6 +23,10 @@ of its batch phase (`StepConfig`), so that
   except with dropout, whose masks are drawn per replica;
 * a run resumed from a checkpoint, in any batch phase, replays exactly the steps it would
   have run.
+
+An epoch's order is a sort of the training set (two rounds of 50,000 keys for CIFAR: 25 ms
+on a CPU core, as much as a small model's step), so a dispatch hands the orders it drew to
+the next one (`DataOrder`), which draws anew only when its first epoch differs.
 """
 
 from __future__ import annotations
@@ -66,6 +70,15 @@ class TrainState(NamedTuple):
   batch_stats: Any
   opt_state: optax.OptState
   metrics: Metrics
+
+
+class DataOrder(NamedTuple):
+  """The epoch orders a dispatch read, ``epoch_orders(data_key, first_epoch, count, N)``,
+  passed on to the next dispatch. Derived data, never checkpointed: a wrong or stale one
+  only costs a redraw (the step checks ``first_epoch``)."""
+
+  orders: jax.Array  # int32 (count, train_size)
+  first_epoch: jax.Array  # int32 scalar; -1: nothing drawn yet
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
@@ -153,6 +166,11 @@ def make_train_steps(model, tx: optax.GradientTransformation, mesh: jax.sharding
   ``num_steps`` (static) updates run inside one dispatch (a ``lax.scan``); ``images`` and
   ``labels`` are the whole training set, replicated on every device. ``state`` is donated.
   ``unroll``: whether the scan is unrolled; default on CPU only (see below).
+
+  ``train.compiled(num_steps)`` is the jitted dispatch itself, ``(state, images, labels,
+  mean, std, order) -> (state, order)`` with ``order`` a `DataOrder` (donated too; the first
+  from ``train.no_order(num_steps, train_size)``), for ahead-of-time lowering and timing;
+  ``train`` keeps the orders between its calls.
   """
   num_devices = mesh.size
   local_batch = cfg.global_batch // num_devices
@@ -161,6 +179,13 @@ def make_train_steps(model, tx: optax.GradientTransformation, mesh: jax.sharding
   def stream_start(step: jax.Array) -> jax.Array:
     """The stream position of the first example of ``step``'s global batch."""
     return cfg.first_example + (step - cfg.first_step) * cfg.global_batch
+
+  def epochs_read(num_steps: int, train_size: int) -> int:
+    """How many epochs a dispatch of ``num_steps`` steps reads. When the batch size divides
+    the epoch, batches start at multiples of it and a single step never reads two."""
+    aligned = train_size % cfg.global_batch == 0 and cfg.first_example % cfg.global_batch == 0
+    return epochs_spanned(num_steps * cfg.global_batch, train_size,
+                          cfg.global_batch if aligned else 1)
 
   def one_step(state: TrainState, images, labels, mean, std, orders, first_epoch
                ) -> TrainState:
@@ -205,23 +230,22 @@ def make_train_steps(model, tx: optax.GradientTransformation, mesh: jax.sharding
   if unroll is None:
     unroll = mesh.devices.flat[0].platform == 'cpu'
 
-  def replica_train(state, images, labels, mean, std, *, num_steps):
-    # The orders of the epochs that this dispatch's batches read, drawn once per dispatch
-    # (each is a sort of the training set: with K steps per dispatch, 1/K of them per step)
-    # and kept a pure function of the state. When the batch size divides the epoch, batches
-    # start at multiples of it and a single step never reads two epochs.
+  def replica_train(state, images, labels, mean, std, order, *, num_steps):
+    # The orders of the epochs this dispatch reads: the previous dispatch's if it started in
+    # the same epoch (they depend on nothing else), else drawn anew. A pure function of the
+    # state either way, so resumed and uninterrupted runs read the same batches.
     train_size = labels.shape[0]
-    aligned = train_size % cfg.global_batch == 0 and cfg.first_example % cfg.global_batch == 0
     first_epoch = stream_start(state.step) // train_size
-    orders = epoch_orders(data_key, first_epoch, epochs_spanned(
-        num_steps * cfg.global_batch, train_size, cfg.global_batch if aligned else 1),
-        train_size)
+    count = order.orders.shape[0]
+    orders = lax.cond(order.first_epoch == first_epoch, lambda: order.orders,
+                      lambda: epoch_orders(data_key, first_epoch, count, train_size))
     step = lambda state: one_step(state, images, labels, mean, std, orders, first_epoch)
     if num_steps == 1:
-      return step(state)
-    state, _ = lax.scan(lambda state, _: (step(state), None), state, length=num_steps,
-                        unroll=unroll)
-    return state
+      state = step(state)
+    else:
+      state, _ = lax.scan(lambda state, _: (step(state), None), state, length=num_steps,
+                          unroll=unroll)
+    return state, DataOrder(orders, first_epoch)
 
   @functools.cache
   def compiled(num_steps: int):
@@ -229,13 +253,30 @@ def make_train_steps(model, tx: optax.GradientTransformation, mesh: jax.sharding
     # are invariant over the mesh, so autodiff sums their gradients over the replicas.
     # Without it each replica would apply the gradient of its own slice of the batch.
     body = jax.shard_map(functools.partial(replica_train, num_steps=num_steps), mesh=mesh,
-                         in_specs=(P(), P(), P(), P(), P()), out_specs=P(), check_vma=True)
-    return jax.jit(body, donate_argnums=0)
+                         in_specs=(P(),) * 6, out_specs=P(), check_vma=True)
+    return jax.jit(body, donate_argnums=(0, 5))
+
+  @functools.cache
+  def make_no_order(count: int, train_size: int):
+    return jax.jit(lambda: DataOrder(jnp.zeros((count, train_size), jnp.int32),
+                                     jnp.full((), -1, jnp.int32)),
+                   out_shardings=replicated(mesh))
+
+  def no_order(num_steps: int, train_size: int) -> DataOrder:
+    """A `DataOrder` with nothing drawn, of the shape a ``num_steps`` dispatch reads."""
+    return make_no_order(epochs_read(num_steps, train_size), train_size)()
+
+  kept: dict[tuple[int, int], DataOrder] = {}  # (count, train_size) -> the last one drawn
 
   def train(state, images, labels, mean, std, num_steps: int = 1) -> TrainState:
-    return compiled(int(num_steps))(state, images, labels, mean, std)
+    num_steps, train_size = int(num_steps), labels.shape[0]
+    shape = (epochs_read(num_steps, train_size), train_size)
+    order = kept.pop(shape, None) or no_order(num_steps, train_size)
+    state, kept[shape] = compiled(num_steps)(state, images, labels, mean, std, order)
+    return state
 
   train.compiled = compiled
+  train.no_order = no_order
   return train
 
 

@@ -115,7 +115,8 @@ def lower_one_step_on_cpu(model, tx, cfg, local_batch: int, key, state, train_ar
                                     key)
   sharding = parallel.replicated(mesh)
   abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-  return steps.compiled(1).lower(*jax.tree.map(abstract, (state, *train_args)))
+  order = steps.no_order(1, train_args[1].shape[0])  # (images, labels, mean, std)
+  return steps.compiled(1).lower(*jax.tree.map(abstract, (state, *train_args, order)))
 
 
 def memory_analysis_bytes(compiled) -> int | None:

@@ -38,11 +38,16 @@ class _Variant:
   plan: Any  # experiments.setup.Plan
   compiled: Any
   state: Any
+  order: Any  # experiments.parallel.DataOrder, handed from one dispatch to the next
   lower_s: float
   compile_s: float
   compiled_memory_bytes: int | None
   cost: dict[str, float] = dataclasses.field(default_factory=dict)
   times: list[float] = dataclasses.field(default_factory=list)
+
+  def dispatch(self, train_args: tuple) -> None:
+    """Runs ``k`` steps, as the trainer does (asynchronously)."""
+    self.state, self.order = self.compiled(self.state, *train_args, self.order)
 
 
 def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
@@ -69,7 +74,7 @@ def _run_sample(variant: _Variant, train_args: tuple, steps: int) -> float:
   dispatches = -(-steps // variant.k)
   start = time.perf_counter()
   for _ in range(dispatches):
-    variant.state = variant.compiled(variant.state, *train_args)
+    variant.dispatch(train_args)
   jax.block_until_ready(variant.state)
   return (time.perf_counter() - start) / (dispatches * variant.k)
 
@@ -111,32 +116,36 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
     for k in sorted(settings.steps_per_dispatch, key=lambda k: k != 1):  # K=1 first
       # Each variant's own buffers: the step donates its state.
       state = jax.device_put(initial, parallel.replicated(mesh), may_alias=False)
+      order = train_steps.no_order(k, len(dataset.train_labels))
       lowered, compiled, lower_s, compile_s = _lower_and_compile(
-          train_steps.compiled(k), state, *train_args)
+          train_steps.compiled(k), state, *train_args, order)
       log.info('%s, conv %s, %s, K=%d: lowered in %.1f s, compiled in %.1f s', name, conv,
                schedule, k, lower_s, compile_s)
       if one_step_cost is None:
         # XLA counts a while loop's body once, whatever its trip count: the cost of a step
         # is that of the one-step program (compiled here only for that if K=1 isn't run).
         if k != 1:
-          lowered = train_steps.compiled(1).lower(state, *train_args)
+          lowered = train_steps.compiled(1).lower(
+              state, *train_args, train_steps.no_order(1, len(dataset.train_labels)))
         compiled_one = compiled if k == 1 else lowered.compile()
         flops_model = model
         if conv != 'xla':  # XLA counts custom calls as nothing: the arithmetic is XLA's step's
           flops_model = setup.build_model(base.replace(conv='xla'))
-          lowered = parallel.make_train_steps(flops_model, p.tx, mesh, step_config,
-                                              step_key).compiled(1).lower(state, *train_args)
+          flops_steps = parallel.make_train_steps(flops_model, p.tx, mesh, step_config,
+                                                  step_key)
+          lowered = flops_steps.compiled(1).lower(
+              state, *train_args, flops_steps.no_order(1, len(dataset.train_labels)))
         one_step_cost = step_cost(
             lowered, compiled_one,
             functools.partial(lower_one_step_on_cpu, flops_model, p.tx, step_config,
                               local_batch, step_key, state, train_args),
             cross_check=conv == 'xla')
-      variants.append(_Variant(conv, schedule, k, p, compiled, state, lower_s, compile_s,
-                               memory_analysis_bytes(compiled), one_step_cost))
+      variants.append(_Variant(conv, schedule, k, p, compiled, state, order, lower_s,
+                               compile_s, memory_analysis_bytes(compiled), one_step_cost))
 
   for v in variants:  # warm-up: the first runs allocate, and GPU clocks ramp up
     for _ in range(-(-settings.warmup_steps // v.k)):
-      v.state = v.compiled(v.state, *train_args)
+      v.dispatch(train_args)
     jax.block_until_ready(v.state)
   # Interleaved samples, rotating the order, so that drift hits every variant alike.
   for i in range(settings.samples):
@@ -172,7 +181,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
       dispatches = -(-settings.profile_steps // v.k)
       with profiling.trace(where):
         for _ in range(dispatches):
-          v.state = v.compiled(v.state, *train_args)
+          v.dispatch(train_args)
         jax.block_until_ready(v.state)
       profiles[i] = where, profiling.summarize(where, dispatches * v.k)
   peak_memory = peak_memory_bytes(mesh.local_devices)

@@ -138,7 +138,7 @@ def test_flops_per_step_counts_every_device(quick_report):
   ds = data.load('synthetic', synthetic_size=(256, 64))
   args = [parallel.put_replicated(mesh, a) for a in (
       ds.train_images, ds.train_labels.astype(np.int32), ds.mean, ds.std)]
-  lowered = step.compiled(1).lower(state, *args)
+  lowered = step.compiled(1).lower(state, *args, step.no_order(1, 256))
   # FLOPs of the program before optimisation; the optimised program's as the cross-check.
   assert row['flops_per_step'] == pytest.approx(
       benchmark.cost_analysis(lowered)['flops'], rel=0.02)
@@ -189,8 +189,9 @@ def test_the_cpu_lowering_counts_the_flops_of_one_device():
     args = [parallel.put_replicated(mesh, a) for a in (
         ds.train_images, ds.train_labels.astype(np.int32), ds.mean, ds.std)]
     cfg = parallel.StepConfig(batch, 'flip', jnp.float32)
-    flops[devices] = benchmark.cost_analysis(parallel.make_train_steps(
-        model, tx, mesh, cfg, jax.random.key(1)).compiled(1).lower(state, *args))['flops']
+    steps = parallel.make_train_steps(model, tx, mesh, cfg, jax.random.key(1))
+    flops[devices] = benchmark.cost_analysis(
+        steps.compiled(1).lower(state, *args, steps.no_order(1, 256)))['flops']
     if devices == 2:
       on_cpu = benchmark.lower_one_step_on_cpu(model, tx, cfg, 8, jax.random.key(1), state,
                                                args)

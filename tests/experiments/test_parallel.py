@@ -43,7 +43,8 @@ def _step(precision: str, num_devices: int = 1, max_lr: float = 0.1, examples: i
 
 
 def _lowered(steps, state, inputs, num_steps: int = 1):
-  return steps.compiled(num_steps).lower(state, *inputs)
+  return steps.compiled(num_steps).lower(
+      state, *inputs, steps.no_order(num_steps, inputs[1].shape[0]))
 
 
 def _hlo(steps, state, inputs, num_steps: int = 1) -> str:
@@ -107,8 +108,37 @@ def test_steps_have_no_host_round_trip_and_shuffle_once_per_dispatch():
   # K steps per dispatch are straight-line code on CPU: three steps compile to three times
   # the convolutions of one, where a rolled loop would hold one copy.
   assert three.count(' convolution(') == 3 * one.count(' convolution(') > 0
-  # The epochs' orders (a sort each) are drawn once per dispatch, not once per step.
+  # The epochs' orders (a sort each) are drawn at most once per dispatch, not once per
+  # step (and only when its epoch differs from the previous dispatch's: the test below).
   assert three.count(' sort(') == one.count(' sort(') > 0
+
+
+def test_a_dispatch_redraws_the_epoch_orders_only_when_its_epoch_changes():
+  # Each dispatch hands its orders to the next (parallel.DataOrder): reused when the next
+  # starts in the same epoch, redrawn otherwise, so that a stale one is never read.
+  steps, state, inputs = _step('float32', max_lr=0.0, examples=48)  # 3 steps an epoch
+  run, fresh = steps.compiled(1), lambda: jax.tree.map(jnp.copy, state)
+  first, drawn = run(fresh(), *inputs, steps.no_order(1, 48))
+  orders = np.asarray(drawn.orders)
+  assert int(drawn.first_epoch) == 0 and sorted(orders[0]) == list(range(48))
+  made_up = lambda epoch: parallel.DataOrder(jnp.asarray(orders[:, ::-1]), jnp.int32(epoch))
+  # The same epoch: the orders given are the ones read (a made-up one shows it).
+  _, kept = run(jax.tree.map(jnp.copy, first), *inputs, made_up(0))
+  np.testing.assert_array_equal(kept.orders, orders[:, ::-1])
+  # Another epoch's: redrawn, and the step is the one drawn from nothing.
+  again, redrawn = run(fresh(), *inputs, made_up(7))
+  np.testing.assert_array_equal(redrawn.orders, orders)
+  for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(first), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # `train` keeps them across its calls, into the next epoch: the batches are those of
+  # orders drawn afresh at every step (the BN statistics depend on the batches alone).
+  kept, drawn_each_time = fresh(), fresh()
+  for _ in range(4):
+    kept = steps(kept, *inputs)
+    drawn_each_time, _ = run(drawn_each_time, *inputs, steps.no_order(1, 48))
+  assert int(kept.step) == 4
+  for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(drawn_each_time), strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_replicas_exchange_only_gradients_statistics_and_metrics():
