@@ -5,6 +5,9 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +56,23 @@ def test_forward_and_gradients_match_xla(dtype, rtol, kernel, stride, padding):
   g = jax.random.normal(kg, want.shape, dtype)
   for a, b in zip(jax.jit(vjp_ours)(g), vjp_xla(g), strict=True):
     _close(a, b, rtol)
+
+
+@needs_onednn
+@pytest.mark.parametrize('given, loaded', [(None, 'ACTIVE'), ('PASSIVE', 'PASSIVE')])
+def test_onednn_loads_with_spinning_threads_unless_told_and_leaves_the_environment(given,
+                                                                                   loaded):
+  # OMP_DISPLAY_ENV makes libgomp print the settings it loaded with.
+  env = {k: v for k, v in os.environ.items() if k != 'OMP_WAIT_POLICY'}
+  env.update(OMP_DISPLAY_ENV='TRUE', JAX_PLATFORMS='cpu', **(
+      {'OMP_WAIT_POLICY': given} if given else {}))
+  script = ('import os; from experiments.models.conv import onednn; '
+            'assert onednn.unavailable() is None; '
+            'print("after:", os.environ.get("OMP_WAIT_POLICY"))')
+  run = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                       text=True, timeout=120, check=True)
+  assert f"OMP_WAIT_POLICY = '{loaded}'" in run.stderr
+  assert run.stdout.strip() == f'after: {given}'
 
 
 @needs_onednn

@@ -10,7 +10,7 @@ oneDNN comes from PyPI (``pip install 'lrsched[onednn]'``: ``onednn-devel-cpu-go
 the system's C++ compiler (``$CXX``, else ``g++``) on first use, against the headers of the
 jaxlib in use, into ``cache_dir()/onednn/<hash of the source, jaxlib and oneDNN>``, once
 per machine (a few seconds; an atomic rename, so concurrent processes are safe). `unavailable`
-says in one line what is missing. Loading it sets ``OMP_WAIT_POLICY=ACTIVE`` unless the
+says in one line what is missing. It loads with ``OMP_WAIT_POLICY=ACTIVE`` unless the
 environment sets it (oneDNN's threads spin between calls; measured faster on 2 cores).
 Convolutions the handlers do not cover (dilation, groups, layouts other than NHWC/HWIO,
 mixed dtypes) run as XLA's. The results agree with XLA's to float rounding (the forward
@@ -137,9 +137,16 @@ def _register() -> None:
   """Builds (once per machine) and loads the handlers and registers them with XLA."""
   path = _build()
   # oneDNN's OpenMP threads spin between the step's many short convolutions rather than
-  # sleep: 4-6% faster training steps (WORKSPACE.md). Read when libgomp loads; yours wins.
+  # sleep: 4-6% faster training steps (WORKSPACE.md). libgomp reads it once, as it loads
+  # (here, unless something loaded it before); yours wins. Only for the load: processes
+  # started later (the benchmark's PyTorch reference) get the environment as it was.
+  user_policy = os.environ.get('OMP_WAIT_POLICY')
   os.environ.setdefault('OMP_WAIT_POLICY', 'ACTIVE')
-  library = ctypes.CDLL(str(path))
+  try:
+    library = ctypes.CDLL(str(path))
+  finally:
+    if user_policy is None:
+      del os.environ['OMP_WAIT_POLICY']
   for op in _OPS:
     for suffix in _TYPES.values():
       name = f'lrsched_conv_{op}_{suffix}'
