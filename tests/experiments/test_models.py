@@ -345,6 +345,38 @@ def test_ghost_bn_with_one_group_equals_flax_batch_norm(group_size, use_fast_var
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=tol, atol=tol), *out.values())
 
 
+@pytest.mark.parametrize('group_size', [None, 4])
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_ghost_bn_gradients_are_those_of_autodiff_through_the_statistics(group_size, dtype):
+  # The backward pass is batch norm's closed form (a custom VJP): the same gradients as
+  # autodiff through the two-pass statistics, for the input, scale and bias, after a ReLU.
+  x = _bn_input().astype(dtype)
+  ghost = layers.GhostBatchNorm(group_size=group_size, dtype=dtype)
+  variables = _bn_variables(ghost, x)
+  g = jax.random.normal(jax.random.key(5), x.shape, jnp.float32)
+
+  def ours(params, x):
+    y, _ = ghost.apply({**variables, 'params': params}, x, use_running_average=False,
+                       mutable=['batch_stats'])
+    return (jax.nn.relu(y).astype(jnp.float32) * g).sum()
+
+  def autodiff(params, x):
+    group = x.shape[0] if group_size is None else group_size
+    xg = x.reshape(x.shape[0] // group, group, *x.shape[1:]).astype(jnp.float32)
+    mean = xg.mean(axis=(1, 2, 3), keepdims=True)
+    var = jnp.square(xg - mean).mean(axis=(1, 2, 3), keepdims=True)
+    y = (xg - mean) * (jax.lax.rsqrt(var + 1e-5) * params['scale']) + params['bias']
+    return (jax.nn.relu(y.reshape(x.shape).astype(dtype)).astype(jnp.float32) * g).sum()
+
+  got = jax.grad(ours, argnums=(0, 1))(variables['params'], x)
+  want = jax.grad(autodiff, argnums=(0, 1))(variables['params'], x)
+  assert jax.tree.map(lambda a: a.dtype, got) == jax.tree.map(lambda a: a.dtype, want)
+  tol = 1e-5 if dtype == jnp.float32 else 1e-2
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol,
+      atol=tol * float(np.abs(np.asarray(b, np.float32)).max())), got, want)
+
+
 def test_ghost_bn_rejects_a_batch_not_divisible_by_the_group_size():
   module = layers.GhostBatchNorm(group_size=3)
   x = _bn_input(8)

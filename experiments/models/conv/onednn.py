@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from experiments.models.conv import vma
+from experiments.models import vma
 
 SOURCE = Path(__file__).with_name('onednn.cc')
 RUNTIME, HEADERS = 'onednn-cpu-gomp', 'onednn-devel-cpu-gomp'

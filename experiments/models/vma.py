@@ -1,8 +1,9 @@
-"""Varying-axes typing inside ``shard_map`` for the convolution backends' custom calls.
+"""Varying-axes typing inside ``shard_map`` for the models' custom VJPs and custom calls.
 
 A custom call (`jax.ffi.ffi_call`, `jax.pure_callback`) wants its operands typed alike and
-returns results typed invariant; inside ``shard_map`` each replica's convolution reads a
-varying batch and an invariant (replicated) kernel, and its results vary as the batch does.
+returns results typed invariant, and a custom VJP's backward must return each cotangent
+typed as its primal; inside ``shard_map`` each replica reads a varying batch and invariant
+(replicated) weights, and its results vary as the batch does.
 """
 
 from __future__ import annotations
