@@ -10,8 +10,9 @@ oneDNN comes from PyPI (``pip install 'lrsched[onednn]'``: ``onednn-devel-cpu-go
 the system's C++ compiler (``$CXX``, else ``g++``) on first use, against the headers of the
 jaxlib in use, into ``cache_dir()/onednn/<hash of the source, jaxlib and oneDNN>``, once
 per machine (a few seconds; an atomic rename, so concurrent processes are safe). `unavailable`
-says in one line what is missing. It loads with ``OMP_WAIT_POLICY=ACTIVE`` unless the
-environment sets it (oneDNN's threads spin between calls; measured faster on 2 cores).
+says in one line what is missing. It loads with ``OMP_WAIT_POLICY=ACTIVE`` and
+``GOMP_SPINCOUNT=10000000`` unless the environment sets either (oneDNN's threads spin
+between the step's calls, and sleep when the process idles).
 Convolutions the handlers do not cover (dilation, groups, layouts other than NHWC/HWIO,
 mixed dtypes) run as XLA's. The results agree with XLA's to float rounding (the forward
 bit for bit in float32 on the machines measured so far; the gradients to about 1e-6
@@ -43,6 +44,9 @@ _INSTALL = "pip install 'lrsched[onednn]'"
 _NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 _TYPES = {jnp.dtype(jnp.float32): 'f32', jnp.dtype(jnp.bfloat16): 'bf16'}
 _OPS = ('forward', 'backward_data', 'backward_weights')
+SPIN_COUNT = '10000000'
+"""libgomp's spins before an idle thread sleeps (its default 300,000: about 8 ms on the
+2026 EPYC; 10M about 0.3 s, measured as CPU time after the work)."""
 
 
 class Unavailable(RuntimeError):
@@ -136,17 +140,22 @@ def _installed_file(distribution: str, suffix: str) -> Path:
 def _register() -> None:
   """Builds (once per machine) and loads the handlers and registers them with XLA."""
   path = _build()
-  # oneDNN's OpenMP threads spin between the step's many short convolutions rather than
-  # sleep: 4-6% faster training steps (WORKSPACE.md). libgomp reads it once, as it loads
-  # (here, unless something loaded it before); yours wins. Only for the load: processes
-  # started later (the benchmark's PyTorch reference) get the environment as it was.
-  user_policy = os.environ.get('OMP_WAIT_POLICY')
-  os.environ.setdefault('OMP_WAIT_POLICY', 'ACTIVE')
+  # oneDNN's OpenMP threads keep spinning between the step's convolutions rather than sleep
+  # after libgomp's default ~8 ms and wait to be woken: OMP_WAIT_POLICY=ACTIVE made steps
+  # 4-6% faster (WORKSPACE.md), but alone it spins a core for the life of the process,
+  # idle or not; with a bounded spin count (about 0.3 s on the CPUs measured) the threads
+  # outlast every gap in a step and then sleep. Only where you set neither; read once, as
+  # libgomp loads (here, unless something loaded it before), and only for the load:
+  # processes started later (the benchmark's PyTorch reference) get the environment as
+  # it was.
+  ours = {} if {'OMP_WAIT_POLICY', 'GOMP_SPINCOUNT'} & os.environ.keys() else {
+      'OMP_WAIT_POLICY': 'ACTIVE', 'GOMP_SPINCOUNT': SPIN_COUNT}
+  os.environ.update(ours)
   try:
     library = ctypes.CDLL(str(path))
   finally:
-    if user_policy is None:
-      del os.environ['OMP_WAIT_POLICY']
+    for name in ours:
+      del os.environ[name]
   for op in _OPS:
     for suffix in _TYPES.values():
       name = f'lrsched_conv_{op}_{suffix}'
