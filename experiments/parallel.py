@@ -24,9 +24,9 @@ of its batch phase (`StepConfig`), so that
 * a run resumed from a checkpoint, in any batch phase, replays exactly the steps it would
   have run.
 
-An epoch's order is a sort of the training set (two rounds of 50,000 keys for CIFAR: 25 ms
-on a CPU core, as much as a small model's step), so a dispatch hands the orders it drew to
-the next one (`DataOrder`), which draws anew only when its first epoch differs.
+An epoch's order is a sort of the training set (50,000 keys for CIFAR: 25 ms on two CPU
+cores, a tenth of a ResNet-20 step), so a dispatch hands the orders it drew to the next one
+(`DataOrder`), which draws anew only when its first epoch differs.
 """
 
 from __future__ import annotations
