@@ -74,8 +74,9 @@ class TrainState(NamedTuple):
 
 class DataOrder(NamedTuple):
   """The epoch orders a dispatch read, ``epoch_orders(data_key, first_epoch, count, N)``,
-  passed on to the next dispatch. Derived data, never checkpointed: a wrong or stale one
-  only costs a redraw (the step checks ``first_epoch``)."""
+  passed on to the next dispatch. Derived data, never checkpointed: a stale one (another
+  epoch's, or none) only costs a redraw, as the step checks ``first_epoch``; the orders
+  themselves are trusted, so pass only what a dispatch of the same steps returned."""
 
   orders: jax.Array  # int32 (count, train_size)
   first_epoch: jax.Array  # int32 scalar; -1: nothing drawn yet
