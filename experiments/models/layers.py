@@ -58,8 +58,7 @@ def _normalize_groups(xg: jax.Array, scale: jax.Array, bias: jax.Array, epsilon:
   elementwise pass. Autodiff through the two-pass statistics takes several more passes over
   the activations, which XLA:CPU materialises (5-13% of a CPU training step, WORKSPACE.md).
   """
-  mean, var = _group_statistics(xg)
-  return (xg - mean) * (lax.rsqrt(var + epsilon) * scale) + bias
+  return _normalize_groups_fwd(xg, scale, bias, epsilon)[0]
 
 
 def _normalize_groups_fwd(xg, scale, bias, epsilon):
