@@ -26,7 +26,7 @@ from typing import Any
 from absl import app, flags
 from absl import logging as absl_logging
 
-from experiments import presets
+from experiments import allocator, presets
 from experiments.config import Config
 
 _DISTRIBUTED = flags.DEFINE_boolean(
@@ -142,4 +142,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
+  allocator.reexec_with_huge_pages()
   app.run(main)

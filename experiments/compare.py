@@ -41,7 +41,7 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments import cifar, presets
+from experiments import allocator, cifar, presets
 from experiments.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -493,4 +493,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
+  allocator.reexec_with_huge_pages()
   app.run(main)

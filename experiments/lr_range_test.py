@@ -42,7 +42,7 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments import cifar
+from experiments import allocator, cifar
 from experiments.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -332,4 +332,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
+  allocator.reexec_with_huge_pages()
   app.run(main)

@@ -2,8 +2,10 @@
 
 from absl import app
 
+from experiments import allocator
 from experiments.benchmark.runner import main
 from experiments.benchmark.settings import define_flags
 
+allocator.reexec_with_huge_pages()  # first: it starts the process again
 define_flags()
 app.run(main)
