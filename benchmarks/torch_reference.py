@@ -13,11 +13,13 @@ loss and accuracy summed on the device without a host sync per step.
 It times the step as `experiments.benchmark` does: after warm-up, ``--samples`` samples of
 ``--steps_per_sample`` steps each, the device synchronised at the end of each sample
 (``torch.cuda.synchronize()``; ``time.perf_counter`` alone on CPU), and reports the median,
-10th and 90th percentile of the time per step. ``compile_s`` is the time of the first step,
-which is where ``torch.compile`` compiles the forward and backward passes. Then the
-evaluation as our trainer's: ``--eval_examples`` images in chunks of ``--eval_batch``, the
-forward with the running averages under ``torch.inference_mode``, ``--eval_repeats`` timed
-passes after an untimed (compiling) one: ``eval_images_per_sec``, ``eval_compile_s``.
+10th and 90th percentile of the time per step (with ``--interleave``, a sample whenever the
+benchmark asks, between its own: how it compares on a shared CPU). ``compile_s`` is the time
+of the first step, which is where ``torch.compile`` compiles the forward and backward
+passes. Then the evaluation as our trainer's: ``--eval_examples`` images in chunks of
+``--eval_batch``, the forward with the running averages under ``torch.inference_mode``,
+``--eval_repeats`` timed passes after an untimed (compiling) one: ``eval_images_per_sec``,
+``eval_compile_s``.
 
 The result is one JSON object, printed on stdout and written to ``--json``. PyTorch is a
 benchmark-only dependency: nothing in ``lrsched/`` or ``experiments/`` imports it.
@@ -38,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 PRECISIONS = ('float32', 'bfloat16')
+READY, SAMPLE = 'lrsched-ready', 'lrsched-sample'
+"""What ``--interleave`` prints: warmed up; one sample's seconds per step."""
 
 
 # --------------------------------------------------------------------------------------
@@ -253,12 +257,22 @@ def run(args: argparse.Namespace) -> dict:
     torch.cuda.reset_peak_memory_stats(device)
 
   per_step = []
-  for _ in range(args.samples):
+
+  def sample() -> None:
     start = time.perf_counter()
     for _ in range(args.steps_per_sample):
       train_step()
     sync()
     per_step.append((time.perf_counter() - start) / args.steps_per_sample)
+
+  if args.interleave:  # a sample each time the benchmark says so, in turn with its own
+    print(READY, flush=True)
+    while sys.stdin.readline().strip() == 'sample':
+      sample()
+      print(f'{SAMPLE} {per_step[-1]!r}', flush=True)
+  else:
+    for _ in range(args.samples):
+      sample()
   times = _percentiles(per_step)
   evaluation = _time_evaluation(args, model, device, generator, mean, std, bfloat16)
   return {
@@ -272,7 +286,9 @@ def run(args: argparse.Namespace) -> dict:
       'compiled': not args.no_compile,
       'compile_mode': None if args.no_compile else args.compile_mode,
       'fp32_precision': args.fp32_precision if device.type == 'cuda' else None,
-      'timed_steps': args.samples * args.steps_per_sample,
+      'timed_steps': len(per_step) * args.steps_per_sample,
+      'sample_step_s': per_step,
+      'interleaved': args.interleave,
       'train_loss': float(loss_sum) / state['step'],
       **evaluation,
       'peak_memory_bytes': (torch.cuda.max_memory_allocated(device)
@@ -360,6 +376,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--device', default=None, help="'cuda' or 'cpu'; default cuda if any.")
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--json', default=None, help='Also write the result to this file.')
+  parser.add_argument('--interleave', action='store_true',
+                      help=f'After warm-up print {READY!r}, then time one sample for each line '
+                      f'"sample" read from stdin, printing {SAMPLE!r} and its seconds per '
+                      'step; any other line (or the end of stdin) goes on to the evaluation. '
+                      'How the benchmark takes its samples in turn with ours on CPU. '
+                      '--samples is then unused.')
   args = parser.parse_args(argv)
   for name in ('batch_size', 'train_examples', 'warmup_steps', 'samples', 'steps_per_sample',
                'eval_examples', 'eval_batch', 'eval_repeats'):

@@ -3,7 +3,6 @@ reference beside it; ``main`` prints the table and writes the JSON."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -14,7 +13,7 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments.benchmark.reference import run_torch_reference
+from experiments.benchmark.reference import run_torch_reference, torch_importable
 from experiments.benchmark.report import environment, markdown
 from experiments.benchmark.settings import ROOT, BenchmarkError, Settings, settings_from_flags
 from experiments.benchmark.timing import benchmark_group
@@ -41,7 +40,7 @@ def _run_isolated(settings: Settings, model: str, batch: int, precision: str
 
 def run(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
   """Runs every group (in child processes with ``isolate``); returns (results, environment)."""
-  use_torch = settings.torch and importlib.util.find_spec('torch') is not None
+  use_torch = settings.torch and torch_importable()
   if settings.torch and not use_torch:
     print('PyTorch reference skipped: torch is not importable here.')
   results: list[dict[str, Any]] = []
@@ -65,7 +64,7 @@ def run(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                  'error': f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'}]
       if env is None:
         env = environment(settings, devices=True)
-    if use_torch and 'error' not in rows[0]:
+    if use_torch and 'error' not in rows[0] and rows[0]['torch'] is None:  # not run yet
       platform_name = (env or {}).get('platform')
       if platform_name not in ('gpu', 'cuda', 'cpu'):
         print(f"PyTorch reference skipped: no PyTorch device matches JAX's {platform_name}.")

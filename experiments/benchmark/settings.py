@@ -141,7 +141,11 @@ class Settings:
             f'--test_examples={self.test_examples}', f'--warmup_steps={self.warmup_steps}',
             f'--samples={self.samples}', f'--steps_per_sample={self.steps_per_sample}',
             f'--eval_repeats={self.eval_repeats}', f'--seed={self.seed}', '--noquick',
-            '--noisolate', '--notorch', f'--json={json_path}',
+            '--noisolate', f'--json={json_path}',
+            # PyTorch: interleaved in the child on CPU, after it (runner) elsewhere.
+            f'--{"" if self.torch else "no"}torch',
+            f'--{"" if self.torch_compile else "no"}torch_compile',
+            f'--torch_compile_mode={self.torch_compile_mode}',
             f'--profile_steps={self.profile_steps}', '--convs=' + ','.join(self.convs),
             *([f'--profile_dir={self.profile_dir}'] if self.profile_dir else [])]
 

@@ -23,9 +23,13 @@ from experiments.benchmark.cost import (
   peak_tflops,
   step_cost,
 )
+from experiments.benchmark.reference import InterleavedReference, torch_importable
 from experiments.benchmark.settings import BenchmarkError, Settings, plan
 
 log = logging.getLogger(__name__)
+PAUSE_S = 0.5
+"""Idle time before each PyTorch sample: oneDNN's threads in this process spin for about
+0.3 s after their last call (`experiments.models.conv.onednn`) and would share the cores."""
 
 
 @dataclasses.dataclass
@@ -77,6 +81,21 @@ def _run_sample(variant: _Variant, train_args: tuple, steps: int) -> float:
     variant.dispatch(train_args)
   jax.block_until_ready(variant.state)
   return (time.perf_counter() - start) / (dispatches * variant.k)
+
+
+def _against_torch(result: dict[str, Any] | None, torch_times: Sequence[float | None],
+                   times: Sequence[float], eval_per_device: float) -> dict[str, Any]:
+  """A row's PyTorch fields: its interleaved reference's result, the median over the pairs
+  of samples of PyTorch's time per step over ours (= our per-device images/s over PyTorch's
+  at the per-device batch), and the evaluations' images/s ratio."""
+  if result is None:
+    return {'torch': None, 'jax_over_torch': None, 'eval_jax_over_torch': None}
+  ratio = None
+  if 'error' not in result and torch_times and None not in torch_times:
+    ratio = float(np.median(np.asarray(torch_times) / np.asarray(times)))
+  eval_ratio = (eval_per_device / result['eval_images_per_sec']
+                if 'eval_images_per_sec' in result else None)
+  return {'torch': result, 'jax_over_torch': ratio, 'eval_jax_over_torch': eval_ratio}
 
 
 def benchmark_group(settings: Settings, model_name: str, batch: int, precision: str,
@@ -147,14 +166,25 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
     for _ in range(-(-settings.warmup_steps // v.k)):
       v.dispatch(train_args)
     jax.block_until_ready(v.state)
+  chunk = train.eval_chunk(len(dataset.test_labels), num_devices)
+  # On CPU the PyTorch reference takes its samples in turn with ours (on accelerators it
+  # runs after the group, with the device to itself: runner).
+  peer = None
+  if settings.torch and devices[0].platform == 'cpu' and torch_importable():
+    peer = InterleavedReference(settings, {
+        'model': model_name, 'per_device_batch': local_batch, 'precision': precision,
+        'eval_examples': len(dataset.test_labels), 'eval_chunk': chunk})
+  torch_times: list[float | None] = []
   # Interleaved samples, rotating the order, so that drift hits every variant alike.
   for i in range(settings.samples):
     for j in range(len(variants)):
       v = variants[(i + j) % len(variants)]
       v.times.append(_run_sample(v, train_args, settings.steps_per_sample))
+    if peer is not None:
+      time.sleep(PAUSE_S)
+      torch_times.append(peer.sample())
 
   # Evaluation: the trainer's chunking and padding of the test set.
-  chunk = train.eval_chunk(len(dataset.test_labels), num_devices)
   test = parallel.pad_for_eval(dataset.test_images, dataset.test_labels.astype(np.int32),
                                num_devices, chunk)
   test_args = tuple(parallel.put_sharded(mesh, a) for a in test)
@@ -173,6 +203,10 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
     evals[conv] = (eval_lower_s, eval_compile_s,
                    len(dataset.test_labels) / float(np.median(eval_times)))
 
+  torch_result = None
+  if peer is not None:
+    time.sleep(PAUSE_S)
+    torch_result = peer.finish()
   profiles: dict[int, tuple[str, dict[str, Any] | None]] = {}
   if settings.profile_dir:  # after the timing, so that tracing cannot disturb it
     for i, v in enumerate(variants):
@@ -233,6 +267,7 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
         'schedule_cost_ratio': ratio,
         'profile_dir': profiles.get(i, (None, None))[0],
         'profile': profiles.get(i, (None, None))[1],
-        'torch': None, 'jax_over_torch': None, 'eval_jax_over_torch': None,
+        'sample_step_ms': [t * 1e3 for t in v.times],
+        **_against_torch(torch_result, torch_times, v.times, evals[v.conv][2] / num_devices),
     })
   return rows

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,7 @@ ROW_FIELDS = ('model', 'parameters', 'batch_size', 'per_device_batch', 'precisio
               'bytes_accessed_per_step', 'tflops', 'peak_basis', 'peak_tflops',
               'peak_fraction', 'peak_memory_bytes', 'compiled_memory_bytes',
               'schedule_cost_ratio', 'profile_dir', 'profile', 'torch', 'jax_over_torch',
-              'eval_jax_over_torch', 'eval_chunk')
+              'eval_jax_over_torch', 'eval_chunk', 'sample_step_ms')
 TORCH_FIELDS = ('model', 'parameters', 'batch_size', 'precision', 'images_per_sec',
                 'step_time_ms', 'compile_s', 'device', 'torch_version',
                 'eval_images_per_sec', 'eval_examples', 'eval_batch', 'eval_compile_s')
@@ -107,9 +108,16 @@ def test_quick_run_compares_with_the_same_torch_model(quick_report):
   # The evaluation over the same test set in the same chunks as ours.
   assert reference['eval_examples'] == rows[0]['eval_examples']
   assert reference['eval_batch'] == rows[0]['eval_chunk']
+  # On CPU its samples were taken in turn with ours: the ratio is the median over the pairs
+  # of its time per step over ours (its per-device batch: our per-device images/s over its).
+  assert reference['interleaved'] is True
+  torch_ms = np.asarray(reference['sample_step_s']) * 1e3
+  assert len(torch_ms) == rows[0]['samples'] == 3
   for row in rows:
+    assert len(row['sample_step_ms']) == row['samples']
+    assert np.median(row['sample_step_ms']) == pytest.approx(row['step_time_ms']['median'])
     assert row['jax_over_torch'] == pytest.approx(
-        row['train_images_per_sec'] / 2 / reference['images_per_sec'])
+        np.median(torch_ms / np.asarray(row['sample_step_ms'])))
     assert row['eval_jax_over_torch'] == pytest.approx(
         row['eval_images_per_sec'] / 2 / reference['eval_images_per_sec'])
 
@@ -311,3 +319,32 @@ def test_failed_group_is_a_row_and_exit_1(tmp_path):
   rows = json.loads(path.read_text())['results']
   assert len(rows) == 1 and 'not divisible by the 2 devices' in rows[0]['error']
   assert '| resnet8 | 15 | float32 | error: ' in result.stdout
+
+
+def _reference_settings(**changes):
+  return types.SimpleNamespace(**{
+      'train_examples': 32, 'warmup_steps': 1, 'samples': 5, 'steps_per_sample': 1, 'seed': 0,
+      'eval_repeats': 1, 'torch_compile': False, 'torch_compile_mode': 'default', **changes})
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason='torch is not importable')
+def test_the_interleaved_reference_times_a_sample_when_asked():
+  from experiments.benchmark.reference import InterleavedReference
+  peer = InterleavedReference(_reference_settings(), {
+      'model': 'resnet8', 'per_device_batch': 8, 'precision': 'float32',
+      'eval_examples': 20, 'eval_chunk': 8})
+  times = [peer.sample(), peer.sample()]  # --samples=5 is not what counts
+  result = peer.finish()
+  assert all(_positive(t) for t in times), result
+  assert result['sample_step_s'] == times and result['timed_steps'] == 2
+  assert result['interleaved'] is True and _positive(result['eval_images_per_sec'])
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason='torch is not importable')
+def test_a_failed_interleaved_reference_is_an_error_not_a_stop():
+  from experiments.benchmark.reference import InterleavedReference
+  peer = InterleavedReference(_reference_settings(), {
+      'model': 'resnet7', 'per_device_batch': 8, 'precision': 'float32',  # no such model
+      'eval_examples': 20, 'eval_chunk': 8})
+  assert peer.sample() is None
+  assert 'exited with' in peer.finish()['error']
