@@ -60,7 +60,12 @@ Output: a markdown table on stdout; ``--json`` writes ``{'environment': ..., 're
 (a subprocess; PyTorch is never imported here) on the same model, per-device batch and
 precision, and reports the per-device JAX/PyTorch images/s ratio of the training step
 (``jax_over_torch``) and of the evaluation over the same test-set size and chunk, PyTorch's
-under ``torch.inference_mode`` (``eval_jax_over_torch``).
+under ``torch.inference_mode`` (``eval_jax_over_torch``). On CPU the reference runs beside
+the group and takes each of its samples in turn with the group's (a shared CPU's load then
+weighs on both), and ``jax_over_torch`` is the median over the pairs of samples of
+PyTorch's time per step over ours; on accelerators it runs after the group, with the
+device to itself, and the ratio is that of the medians. It runs with the environment the
+benchmark was given (`experiments.allocator`'s setting removed).
 
 The package, one concern a module: `settings` (the flags, resolved and checked once, and
 each configuration planned as the trainer plans it), `timing` (one group compiled and
