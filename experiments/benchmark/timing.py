@@ -29,7 +29,11 @@ from experiments.benchmark.settings import BenchmarkError, Settings, plan
 log = logging.getLogger(__name__)
 PAUSE_S = 0.5
 """Idle time before each PyTorch sample: oneDNN's threads in this process spin for about
-0.3 s after their last call (`experiments.models.conv.onednn`) and would share the cores."""
+0.3 s after their last call (`experiments.models.conv.onednn`) and would share the cores.
+With the reference interleaved, each side's samples start with one untimed dispatch: the
+first step after the other's sample ran up to 2x slower on the dev VM (it faults in again
+the memory freed before the pause, which the host had taken back), the next at full speed
+(WORKSPACE.md, issue 10)."""
 
 
 @dataclasses.dataclass
@@ -72,10 +76,15 @@ def _lower_and_compile(jitted, *args) -> tuple[Any, Any, float, float]:
   return lowered, compiled, lowered_at - start, time.perf_counter() - lowered_at
 
 
-def _run_sample(variant: _Variant, train_args: tuple, steps: int) -> float:
-  """Runs about ``steps`` steps back to back, waits for them; returns seconds per step."""
+def _run_sample(variant: _Variant, train_args: tuple, steps: int, warm: bool = False
+                ) -> float:
+  """Runs about ``steps`` steps back to back, waits for them; returns seconds per step.
+  ``warm``: one dispatch first, untimed."""
   import jax
   dispatches = -(-steps // variant.k)
+  if warm:
+    variant.dispatch(train_args)
+    jax.block_until_ready(variant.state)
   start = time.perf_counter()
   for _ in range(dispatches):
     variant.dispatch(train_args)
@@ -179,7 +188,8 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
   for i in range(settings.samples):
     for j in range(len(variants)):
       v = variants[(i + j) % len(variants)]
-      v.times.append(_run_sample(v, train_args, settings.steps_per_sample))
+      v.times.append(_run_sample(v, train_args, settings.steps_per_sample,
+                                 warm=peer is not None))
     if peer is not None:
       time.sleep(PAUSE_S)
       torch_times.append(peer.sample())
