@@ -68,7 +68,7 @@ class InterleavedReference:
   Start it after the group's own warm-up (it compiles and warms up meanwhile); `sample`
   times one sample of PyTorch's step, `finish` its evaluation, and returns its JSON (with
   ``sample_step_s``, the samples in order), or {'error': ...} where it failed: a failed
-  reference never stops the group (`sample` then returns None).
+  reference never stops the group (`sample` then returns None). `close` it in any case.
   """
 
   def __init__(self, settings: Settings, row: dict[str, Any]):
@@ -104,8 +104,12 @@ class InterleavedReference:
 
   def finish(self) -> dict[str, Any]:
     """PyTorch's evaluation and its result (the process ends)."""
-    try:
-      self._process.communicate('eval\n' if self._process.poll() is None else None)
-      return _result(self._process.returncode, self._path)
-    finally:
-      self._tmp.cleanup()
+    self._process.communicate('eval\n' if self._process.poll() is None else None)
+    return _result(self._process.returncode, self._path)
+
+  def close(self) -> None:
+    """Stops the process if it still runs (the group failed) and removes its files."""
+    if self._process.poll() is None:
+      self._process.kill()
+      self._process.wait()
+    self._tmp.cleanup()

@@ -64,7 +64,8 @@ def run(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                  'error': f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'}]
       if env is None:
         env = environment(settings, devices=True)
-    if use_torch and 'error' not in rows[0] and rows[0]['torch'] is None:  # not run yet
+    if (use_torch and settings.torch_after_group and 'error' not in rows[0]
+        and rows[0]['torch'] is None):  # not interleaved: after the group
       platform_name = (env or {}).get('platform')
       if platform_name not in ('gpu', 'cuda', 'cpu'):
         print(f"PyTorch reference skipped: no PyTorch device matches JAX's {platform_name}.")

@@ -48,6 +48,10 @@ def define_flags() -> None:
                        'PyTorch reference shares the accelerator with this process.')
   flags.DEFINE_boolean('torch', False, 'Also run benchmarks/torch_reference.py on each group '
                        'and report the JAX/PyTorch images/s ratio.')
+  flags.DEFINE_boolean('torch_after_group', True, 'Where the reference cannot take its '
+                       'samples in turn with the group (accelerators; on CPU it does), run '
+                       'it after the group. --isolate gives its group processes '
+                       '--notorch_after_group: the parent runs it, with the device free.')
   flags.DEFINE_boolean('torch_compile', True, 'torch.compile the PyTorch reference (off with '
                        '--quick: compiling on CPU takes a minute).')
   flags.DEFINE_string('torch_compile_mode', 'default', 'torch.compile mode of the reference '
@@ -123,6 +127,7 @@ class Settings:
   profile_dir: str | None = None
   profile_steps: int = 20
   convs: tuple[str, ...] = ('xla',)
+  torch_after_group: bool = True
 
   def groups(self) -> Iterator[tuple[str, int, str]]:
     """(model, global batch, precision), in the order they run."""
@@ -143,7 +148,7 @@ class Settings:
             f'--eval_repeats={self.eval_repeats}', f'--seed={self.seed}', '--noquick',
             '--noisolate', f'--json={json_path}',
             # PyTorch: interleaved in the child on CPU, after it (runner) elsewhere.
-            f'--{"" if self.torch else "no"}torch',
+            f'--{"" if self.torch else "no"}torch', '--notorch_after_group',
             f'--{"" if self.torch_compile else "no"}torch_compile',
             f'--torch_compile_mode={self.torch_compile_mode}',
             f'--profile_steps={self.profile_steps}', '--convs=' + ','.join(self.convs),
@@ -180,7 +185,8 @@ def settings_from_flags() -> Settings:
       **{name: value(name) for name in (
           'momentum', 'lr', 'train_examples', 'test_examples', 'warmup_steps', 'samples',
           'steps_per_sample', 'eval_repeats', 'seed', 'quick', 'isolate', 'torch',
-          'torch_compile', 'torch_compile_mode', 'profile_dir', 'profile_steps')},
+          'torch_compile', 'torch_compile_mode', 'torch_after_group', 'profile_dir',
+          'profile_steps')},
       convs=tuple(value('convs')))
   for name in ('train_examples', 'test_examples', 'warmup_steps', 'samples',
                'steps_per_sample', 'eval_repeats', 'profile_steps'):

@@ -183,40 +183,44 @@ def benchmark_group(settings: Settings, model_name: str, batch: int, precision: 
     peer = InterleavedReference(settings, {
         'model': model_name, 'per_device_batch': local_batch, 'precision': precision,
         'eval_examples': len(dataset.test_labels), 'eval_chunk': chunk})
-  torch_times: list[float | None] = []
-  # Interleaved samples, rotating the order, so that drift hits every variant alike.
-  for i in range(settings.samples):
-    for j in range(len(variants)):
-      v = variants[(i + j) % len(variants)]
-      v.times.append(_run_sample(v, train_args, settings.steps_per_sample,
-                                 warm=peer is not None))
+  try:  # the reference never outlives the group, whatever happens to it
+    torch_times: list[float | None] = []
+    # Interleaved samples, rotating the order, so that drift hits every variant alike.
+    for i in range(settings.samples):
+      for j in range(len(variants)):
+        v = variants[(i + j) % len(variants)]
+        v.times.append(_run_sample(v, train_args, settings.steps_per_sample,
+                                   warm=peer is not None))
+      if peer is not None:
+        time.sleep(PAUSE_S)
+        torch_times.append(peer.sample())
+
+    # Evaluation: the trainer's chunking and padding of the test set.
+    test = parallel.pad_for_eval(dataset.test_images, dataset.test_labels.astype(np.int32),
+                                 num_devices, chunk)
+    test_args = tuple(parallel.put_sharded(mesh, a) for a in test)
+    evals = {}  # conv -> (lower s, compile s, images/s)
+    for conv in settings.convs:
+      state = next(v for v in variants if v.conv == conv).state
+      eval_args = (state.params, state.batch_stats, *test_args, *train_args[2:])
+      _, evaluate, eval_lower_s, eval_compile_s = _lower_and_compile(
+          parallel.make_eval_step(conv_models[conv], mesh, dtype, chunk), *eval_args)
+      jax.block_until_ready(evaluate(*eval_args))
+      eval_times = []
+      for _ in range(settings.eval_repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(evaluate(*eval_args))
+        eval_times.append(time.perf_counter() - start)
+      evals[conv] = (eval_lower_s, eval_compile_s,
+                     len(dataset.test_labels) / float(np.median(eval_times)))
+
+    torch_result = None
     if peer is not None:
       time.sleep(PAUSE_S)
-      torch_times.append(peer.sample())
-
-  # Evaluation: the trainer's chunking and padding of the test set.
-  test = parallel.pad_for_eval(dataset.test_images, dataset.test_labels.astype(np.int32),
-                               num_devices, chunk)
-  test_args = tuple(parallel.put_sharded(mesh, a) for a in test)
-  evals = {}  # conv -> (lower s, compile s, images/s)
-  for conv in settings.convs:
-    state = next(v for v in variants if v.conv == conv).state
-    eval_args = (state.params, state.batch_stats, *test_args, *train_args[2:])
-    _, evaluate, eval_lower_s, eval_compile_s = _lower_and_compile(
-        parallel.make_eval_step(conv_models[conv], mesh, dtype, chunk), *eval_args)
-    jax.block_until_ready(evaluate(*eval_args))
-    eval_times = []
-    for _ in range(settings.eval_repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(evaluate(*eval_args))
-      eval_times.append(time.perf_counter() - start)
-    evals[conv] = (eval_lower_s, eval_compile_s,
-                   len(dataset.test_labels) / float(np.median(eval_times)))
-
-  torch_result = None
-  if peer is not None:
-    time.sleep(PAUSE_S)
-    torch_result = peer.finish()
+      torch_result = peer.finish()
+  finally:
+    if peer is not None:
+      peer.close()
   profiles: dict[int, tuple[str, dict[str, Any] | None]] = {}
   if settings.profile_dir:  # after the timing, so that tracing cannot disturb it
     for i, v in enumerate(variants):

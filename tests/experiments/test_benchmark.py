@@ -335,6 +335,7 @@ def test_the_interleaved_reference_times_a_sample_when_asked():
       'eval_examples': 20, 'eval_chunk': 8})
   times = [peer.sample(), peer.sample()]  # --samples=5 is not what counts
   result = peer.finish()
+  peer.close()
   assert all(_positive(t) for t in times), result
   assert result['sample_step_s'] == times and result['timed_steps'] == 2
   assert result['interleaved'] is True and _positive(result['eval_images_per_sec'])
@@ -348,3 +349,29 @@ def test_a_failed_interleaved_reference_is_an_error_not_a_stop():
       'eval_examples': 20, 'eval_chunk': 8})
   assert peer.sample() is None
   assert 'exited with' in peer.finish()['error']
+  peer.close()
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason='torch is not importable')
+def test_a_closed_interleaved_reference_is_stopped():
+  from experiments.benchmark.reference import InterleavedReference
+  peer = InterleavedReference(_reference_settings(), {
+      'model': 'resnet8', 'per_device_batch': 8, 'precision': 'float32',
+      'eval_examples': 20, 'eval_chunk': 8})
+  peer.close()  # as the group does when it fails before the evaluation
+  assert peer._process.returncode is not None
+
+
+@pytest.mark.parametrize('torch', [True, False])
+def test_a_group_process_runs_pytorch_only_in_turn_with_its_own(torch):
+  """Its parent runs the reference after it where it cannot interleave (accelerators)."""
+  from experiments.benchmark.settings import Settings
+  settings = Settings(
+      models=('resnet8',), batch_sizes=(16,), precisions=('float32',), steps_per_dispatch=(1,),
+      schedules=('constant',), momentum='cyclical', lr=0.1, train_examples=32,
+      test_examples=16, warmup_steps=1, samples=2, steps_per_sample=1, eval_repeats=1, seed=0,
+      quick=False, isolate=True, torch=torch, torch_compile=False,
+      torch_compile_mode='default')
+  args = settings.group_flags('resnet8', 16, 'float32', '/tmp/out.json')
+  assert ('--torch' in args, '--notorch' in args) == (torch, not torch)
+  assert '--notorch_after_group' in args and '--notorch_compile' in args
