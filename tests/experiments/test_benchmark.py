@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -321,16 +320,21 @@ def test_failed_group_is_a_row_and_exit_1(tmp_path):
   assert '| resnet8 | 15 | float32 | error: ' in result.stdout
 
 
-def _reference_settings(**changes):
-  return types.SimpleNamespace(**{
-      'train_examples': 32, 'warmup_steps': 1, 'samples': 5, 'steps_per_sample': 1, 'seed': 0,
-      'eval_repeats': 1, 'torch_compile': False, 'torch_compile_mode': 'default', **changes})
+def _settings(**changes):
+  """Small benchmark settings, as `settings_from_flags` would make them."""
+  from experiments.benchmark.settings import Settings
+  return Settings(**{
+      'models': ('resnet8',), 'batch_sizes': (16,), 'precisions': ('float32',),
+      'steps_per_dispatch': (1,), 'schedules': ('constant',), 'momentum': 'cyclical',
+      'lr': 0.1, 'train_examples': 32, 'test_examples': 16, 'warmup_steps': 1, 'samples': 5,
+      'steps_per_sample': 1, 'eval_repeats': 1, 'seed': 0, 'quick': False, 'isolate': True,
+      'torch': True, 'torch_compile': False, 'torch_compile_mode': 'default', **changes})
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason='torch is not importable')
 def test_the_interleaved_reference_times_a_sample_when_asked():
   from experiments.benchmark.reference import InterleavedReference
-  peer = InterleavedReference(_reference_settings(), {
+  peer = InterleavedReference(_settings(), {
       'model': 'resnet8', 'per_device_batch': 8, 'precision': 'float32',
       'eval_examples': 20, 'eval_chunk': 8})
   times = [peer.sample(), peer.sample()]  # --samples=5 is not what counts
@@ -344,7 +348,7 @@ def test_the_interleaved_reference_times_a_sample_when_asked():
 @pytest.mark.skipif(not HAS_TORCH, reason='torch is not importable')
 def test_a_failed_interleaved_reference_is_an_error_not_a_stop():
   from experiments.benchmark.reference import InterleavedReference
-  peer = InterleavedReference(_reference_settings(), {
+  peer = InterleavedReference(_settings(), {
       'model': 'resnet7', 'per_device_batch': 8, 'precision': 'float32',  # no such model
       'eval_examples': 20, 'eval_chunk': 8})
   assert peer.sample() is None
@@ -355,7 +359,7 @@ def test_a_failed_interleaved_reference_is_an_error_not_a_stop():
 @pytest.mark.skipif(not HAS_TORCH, reason='torch is not importable')
 def test_a_closed_interleaved_reference_is_stopped():
   from experiments.benchmark.reference import InterleavedReference
-  peer = InterleavedReference(_reference_settings(), {
+  peer = InterleavedReference(_settings(), {
       'model': 'resnet8', 'per_device_batch': 8, 'precision': 'float32',
       'eval_examples': 20, 'eval_chunk': 8})
   peer.close()  # as the group does when it fails before the evaluation
@@ -365,13 +369,7 @@ def test_a_closed_interleaved_reference_is_stopped():
 @pytest.mark.parametrize('torch', [True, False])
 def test_a_group_process_runs_pytorch_only_in_turn_with_its_own(torch):
   """Its parent runs the reference after it where it cannot interleave (accelerators)."""
-  from experiments.benchmark.settings import Settings
-  settings = Settings(
-      models=('resnet8',), batch_sizes=(16,), precisions=('float32',), steps_per_dispatch=(1,),
-      schedules=('constant',), momentum='cyclical', lr=0.1, train_examples=32,
-      test_examples=16, warmup_steps=1, samples=2, steps_per_sample=1, eval_repeats=1, seed=0,
-      quick=False, isolate=True, torch=torch, torch_compile=False,
-      torch_compile_mode='default')
+  settings = _settings(torch=torch)
   args = settings.group_flags('resnet8', 16, 'float32', '/tmp/out.json')
   assert ('--torch' in args, '--notorch' in args) == (torch, not torch)
   assert '--notorch_after_group' in args and '--notorch_compile' in args
