@@ -40,8 +40,8 @@ For each configuration (model, global batch, precision, conv, schedule, K) it re
   memory analysis of the row's own program;
 * with ``--profile_dir``: ``profile``, where the device time of ``--profile_steps`` traced
   steps goes (`profiling`: the device's busy fraction, time per step by kind of
-  op, the top ops; None on CPU, which has no device timeline), and ``profile_dir``, the
-  row's trace for Perfetto or TensorBoard. Tracing runs after the timing.
+  op, the top ops; on CPU, from XLA:CPU's op events on the host threads), and
+  ``profile_dir``, the row's trace for Perfetto or TensorBoard. Tracing runs after the timing.
 
 With several ``--schedules``, every schedule's step is compiled in the same process and their
 samples are interleaved, so that clock and thermal drift cancel; ``schedule_cost_ratio`` is

@@ -13,8 +13,11 @@ trace's processes named ``/device:...``), reports
 
 This is what issue-style questions ("is it the host? the layout? the shuffle?") need,
 without TensorBoard: the benchmark stores it in its JSON (``--profile_dir``), and the trace
-itself stays in that folder for Perfetto (ui.perfetto.dev) or TensorBoard's profiler. A
-CPU-only trace has no device timeline: `summarize` returns None there.
+itself stays in that folder for Perfetto (ui.perfetto.dev) or TensorBoard's profiler. On
+CPU there is no device timeline: XLA:CPU's ops run on host threads, as events that name
+their HLO op (``hlo_op``), and those are summarised instead (``timeline: 'cpu'``; ops on
+several threads at once make ``busy`` the time some op ran, and the categories can add up
+to more than the span). A trace with neither gives None.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
                     'reduce-scatter', 'collective')),
     ('copy', ('memcpy', 'memset', 'copy', 'transpose')),
     ('fusion', ('fusion', 'loop_', 'input_', 'reduce', 'elementwise')),
+    # XLA:CPU's names for custom calls (the oneDNN convolutions of --conv=onednn among them).
+    ('custom call', ('ffi_call', 'custom-call', 'custom_call')),
 )
 """Kinds of device op, matched in this order against the lower-cased op or kernel name (and
 the ``hlo_op`` / ``long_name`` arguments where the trace has them); the rest is 'other'."""
@@ -81,7 +86,8 @@ def newest_trace_file(log_dir: str) -> str | None:
 
 def summarize(log_dir: str, steps: int, top: int = 12) -> dict[str, Any] | None:
   """The device-time summary of the newest trace in ``log_dir``, which ran ``steps``
-  training steps; None when the trace has no accelerator timeline (CPU)."""
+  training steps (from XLA:CPU's op events where there is no device timeline); None when
+  the trace has no XLA ops at all."""
   path = newest_trace_file(log_dir)
   if path is None:
     raise FileNotFoundError(f'no perfetto_trace.json.gz under {log_dir}')
@@ -93,6 +99,12 @@ def summarize(log_dir: str, steps: int, top: int = 12) -> dict[str, Any] | None:
              and str((e.get('args') or {}).get('name', '')).startswith('/device:')}
   ops = [e for e in events if e.get('ph') == 'X' and e.get('pid') in devices
          and e.get('dur', 0) > 0]
+  timeline = 'device'
+  if not ops:  # CPU: XLA's ops are host-thread events that name their HLO op
+    ops = [e for e in events if e.get('ph') == 'X' and e.get('dur', 0) > 0
+           and 'hlo_op' in (e.get('args') or {})]
+    devices = {(e.get('args') or {}).get('device_ordinal') for e in ops}
+    timeline = 'cpu'
   if not ops:
     return None
   intervals = [(float(e['ts']), float(e['ts']) + float(e['dur'])) for e in ops]
@@ -106,7 +118,7 @@ def summarize(log_dir: str, steps: int, top: int = 12) -> dict[str, Any] | None:
   total_us = sum(by_name.values())
   per_step_ms = lambda us: us / steps / 1e3
   return {
-      'trace': path, 'steps': steps, 'devices': len(devices),
+      'trace': path, 'timeline': timeline, 'steps': steps, 'devices': len(devices),
       'span_ms_per_step': per_step_ms(span_us),
       'busy_ms_per_step': per_step_ms(busy_us),
       'device_busy_fraction': busy_us / span_us if span_us > 0 else None,

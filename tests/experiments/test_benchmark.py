@@ -127,7 +127,8 @@ def test_every_row_has_its_own_trace(quick_report):
   assert len({row['profile_dir'] for row in rows}) == len(rows)
   for row in rows:
     assert profiling.newest_trace_file(row['profile_dir']) is not None
-    assert row['profile'] is None  # CPU: no device timeline to summarise
+    assert row['profile']['timeline'] == 'cpu'  # XLA:CPU's op events, no device timeline
+    assert row['profile']['busy_ms_per_step'] > 0
 
 
 def test_flops_per_step_counts_every_device(quick_report):

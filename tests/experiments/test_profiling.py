@@ -76,11 +76,30 @@ def test_category(name, args, kind):
   assert profiling.category(name, args) == kind
 
 
-def test_a_trace_without_a_device_timeline_has_no_summary(tmp_path):
-  with profiling.trace(str(tmp_path)):  # a real trace, on the CPU
-    jax.block_until_ready(jax.jit(lambda x: jnp.sin(x) @ x)(jnp.ones((64, 64))))
-  assert profiling.newest_trace_file(str(tmp_path)) is not None
+def test_a_cpu_trace_is_summarised_from_xla_cpu_op_events(tmp_path):
+  f = jax.jit(lambda x: jnp.sin(x) @ x)
+  x = jnp.ones((256, 256))
+  jax.block_until_ready(f(x))  # compiled before the trace
+  with profiling.trace(str(tmp_path)):  # a real trace, on the CPU: no device timeline
+    for _ in range(2):
+      jax.block_until_ready(f(x))
+  s = profiling.summarize(str(tmp_path), steps=2)
+  assert s['timeline'] == 'cpu'
+  assert s['devices'] == 1
+  assert 0 < s['busy_ms_per_step'] <= s['span_ms_per_step']
+  # Every op counted once by kind; ops overlapping on threads count once in busy.
+  assert sum(s['categories'].values()) >= s['busy_ms_per_step'] * (1 - 1e-9)
+  assert s['top_ops'] and all(op['ms_per_step'] > 0 for op in s['top_ops'])
+
+
+def test_a_trace_without_xla_ops_has_no_summary(tmp_path):
+  _write_trace(tmp_path, [_process(1, '/host:CPU'), _op(1, 1, 'PjitFunction(f)', 0, 1000),
+                          _op(1, 1, 'ThunkExecutor::Execute', 10, 900)])
   assert profiling.summarize(str(tmp_path), steps=1) is None
+
+
+def test_cpu_custom_calls_have_a_category():
+  assert profiling.category('ffi_call.64', {'hlo_op': 'ffi_call.64'}) == 'custom call'
 
 
 def test_a_folder_without_a_trace_is_an_error(tmp_path):
