@@ -148,6 +148,9 @@ class GhostBatchNorm(nn.Module):
     scale_init: initialiser of the scale gamma (ones).
     bias_init: initialiser of the shift beta (zeros).
     debias: keep the running averages as Caffe does, free of their initial values (above).
+    onednn: normalise 4-D float32 inputs in training by oneDNN's batch norm, its ReLU fused
+      (`experiments.models.conv.onednn.batch_norm`; CPU only, ``--conv=onednn``); the same
+      statistics to float rounding.
   """
 
   use_running_average: bool | None = None
@@ -159,9 +162,11 @@ class GhostBatchNorm(nn.Module):
   scale_init: Initializer = nn.initializers.ones
   bias_init: Initializer = nn.initializers.zeros
   debias: bool = False
+  onednn: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None,
+               relu: bool = False) -> jax.Array:
     """Normalises ``x`` (batch first, features last) and applies the learned scale and shift.
 
     Args:
@@ -170,6 +175,7 @@ class GhostBatchNorm(nn.Module):
         to normalise with group statistics and update the running averages (training; make
         the ``batch_stats`` collection mutable). Give it here or as the attribute, not
         both.
+      relu: apply a ReLU to the result (fused into the normalisation by oneDNN).
 
     Returns:
       The normalised array, of shape ``x.shape`` and dtype ``self.dtype`` (or ``x.dtype``).
@@ -197,7 +203,7 @@ class GhostBatchNorm(nn.Module):
         w = jnp.where(seen, weight.value, 1.0)
         mean, var = jnp.where(seen, mean / w, 0.0), jnp.where(seen, var / w, 1.0)
       y = (x.astype(stat_dtype) - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
-      return y.astype(out_dtype)
+      return (nn.relu(y) if relu else y).astype(out_dtype)
 
     batch = x.shape[0]
     group = batch if self.group_size is None else self.group_size
@@ -208,10 +214,16 @@ class GhostBatchNorm(nn.Module):
         f'GhostBatchNorm: the batch of {batch} examples is not divisible by '
         f'bn_group_size={group}; use a per-device batch that is a multiple of it.'
       )
-    xg = x.reshape(batch // group, group, *x.shape[1:]).astype(stat_dtype)
-    y = _normalize_groups(*vma.match(xg, scale, bias), self.epsilon)
-    # The same statistics again, for the running averages: XLA computes them once.
-    mean, var = lax.stop_gradient(_group_statistics(xg))
+    if self.onednn and x.ndim == 4 and stat_dtype == scale.dtype == bias.dtype == jnp.float32:
+      from experiments.models.conv import onednn
+      y, mean, var = onednn.batch_norm(x.astype(stat_dtype), scale, bias, group, self.epsilon,
+                                       relu)
+    else:
+      xg = x.reshape(batch // group, group, *x.shape[1:]).astype(stat_dtype)
+      y = _normalize_groups(*vma.match(xg, scale, bias), self.epsilon)
+      y = nn.relu(y) if relu else y
+      # The same statistics again, for the running averages: XLA computes them once.
+      mean, var = lax.stop_gradient(_group_statistics(xg))
 
     if not self.is_initializing():
       group_mean = jnp.mean(mean, axis=0).reshape(features)

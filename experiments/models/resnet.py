@@ -76,7 +76,7 @@ class BasicBlock(nn.Module):
     width = in_features if self.shortcut == 'caffe' else self.features
     s = (self.strides, self.strides)
     y = self.conv(width, (3, 3), s, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
+    y = self.norm(name='bn1')(y, relu=True)
     y = self.conv(width, (3, 3), name='conv2')(y)
     y = self.norm(name='bn2')(y)
 
@@ -110,8 +110,8 @@ class CifarResNet(nn.Module):
     bn_momentum: decay of the batch-norm running averages.
     bn_debias: Caffe's running averages, free of their initial values
       (`layers.GhostBatchNorm`'s ``debias``).
-    conv: the convolutions' kernels: 'xla', or 'onednn' for oneDNN's on CPU
-      (`experiments.models.conv`).
+    conv: the convolutions' kernels: 'xla', or 'onednn' for oneDNN's on CPU, which also
+      runs batch norm in training (`experiments.models.conv`).
   """
 
   blocks_per_stage: int
@@ -145,10 +145,11 @@ class CifarResNet(nn.Module):
       momentum=self.bn_momentum,
       debias=self.bn_debias,
       dtype=self.dtype,
+      onednn=self.conv == 'onednn',
     )
     x = x.astype(self.dtype)
     x = conv(STAGE_WIDTHS[0], (3, 3), name='stem_conv')(x)
-    x = nn.relu(norm(name='stem_bn')(x))
+    x = norm(name='stem_bn')(x, relu=True)
     for i, width in enumerate(STAGE_WIDTHS):
       for j in range(self.blocks_per_stage):
         strides = 2 if i > 0 and j == 0 else 1

@@ -55,9 +55,9 @@ class WideBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     s = (self.strides, self.strides)
-    o = nn.relu(self.norm(name='bn1')(x))
+    o = self.norm(name='bn1')(x, relu=True)
     y = self.conv(self.features, (3, 3), s, name='conv1')(o)
-    y = nn.relu(self.norm(name='bn2')(y))
+    y = self.norm(name='bn2')(y, relu=True)
     y = nn.Dropout(self.dropout_rate, deterministic=not self.train)(y)
     y = self.conv(self.features, (3, 3), name='conv2')(y)
     if self.strides != 1 or x.shape[-1] != self.features:
@@ -81,8 +81,8 @@ class WideResNet(nn.Module):
     bn_momentum: decay of the batch-norm running averages.
     bn_debias: Caffe's running averages, free of their initial values
       (`layers.GhostBatchNorm`'s ``debias``).
-    conv: the convolutions' kernels: 'xla', or 'onednn' for oneDNN's on CPU
-      (`experiments.models.conv`).
+    conv: the convolutions' kernels: 'xla', or 'onednn' for oneDNN's on CPU, which also
+      runs batch norm in training (`experiments.models.conv`).
   """
 
   depth: int
@@ -117,6 +117,7 @@ class WideResNet(nn.Module):
       momentum=self.bn_momentum,
       debias=self.bn_debias,
       dtype=self.dtype,
+      onednn=self.conv == 'onednn',
     )
     x = conv(STAGE_WIDTHS[0], (3, 3), name='stem_conv')(x.astype(self.dtype))
     for i, width in enumerate(STAGE_WIDTHS):
@@ -130,7 +131,7 @@ class WideResNet(nn.Module):
           norm=norm,
           name=f'stage{i + 1}_block{j + 1}',
         )(x)
-    x = nn.relu(norm(name='final_bn')(x))
+    x = norm(name='final_bn')(x, relu=True)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(
       self.num_classes,

@@ -3,7 +3,8 @@
 ``'xla'`` (the default) is whatever XLA compiles the convolution to on the devices: cuDNN on
 GPU, the MXU on TPU, Eigen on CPU. ``'onednn'`` runs the forward and both gradients by
 oneDNN's kernels as XLA custom calls inside the compiled step (`onednn`; CPU only, 1.6-5x
-faster training than Eigen's on the CPUs measured, WORKSPACE.md). Either is a drop-in for
+faster training than Eigen's on the CPUs measured, WORKSPACE.md); the models then also run
+batch norm in training, with its ReLU, by oneDNN (`onednn.batch_norm`). Either is a drop-in for
 `lax.conv_general_dilated`, `flax.linen.Conv`'s ``conv_general_dilated``.
 """
 

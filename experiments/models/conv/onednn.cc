@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -208,6 +209,132 @@ auto Binding() {
       .template Attr<int64_t>("pad_left");
 }
 
+
+// Batch norm over groups of a batch: x is b x h x w x c (NHWC), normalised with the statistics
+// of each group of `group` consecutive examples (ghost batch norm; group == b for plain batch
+// norm); one primitive call per group, at its offset. Statistics are float32 (k x c, k = b /
+// group), biased variance; scale and shift are c floats.
+// oneDNN 3.2 on CPU has no fuse_norm_add_relu in training: the residual add stays XLA's.
+enum class Norm { kPlain, kRelu };  // forward: y = bn(x) or relu(bn(x))
+
+struct NormGeometry {
+  int64_t group, h, w, c;
+  float epsilon;
+  int norm;
+
+  auto Key() const { return std::make_tuple(group, h, w, c, epsilon, norm); }
+  dnnl::memory::desc Data() const { return {{group, c, h, w}, kType<ffi::F32>, tag::nhwc}; }
+  dnnl::memory::desc Channels() const { return {{c}, kType<ffi::F32>, tag::a}; }
+  size_t GroupElements() const { return static_cast<size_t>(group * h * w * c); }
+};
+
+dnnl::normalization_flags FlagsOf(Norm norm) {
+  auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+  if (norm == Norm::kRelu) flags |= dnnl::normalization_flags::fuse_norm_relu;
+  return flags;
+}
+
+dnnl::batch_normalization_forward::primitive_desc NormForwardPd(const NormGeometry& g,
+                                                                Norm norm) {
+  return {Engine(), dnnl::prop_kind::forward_training, g.Data(), g.Data(), g.epsilon,
+          FlagsOf(norm), UserScratchpad()};
+}
+
+struct NormPlan {
+  dnnl::primitive primitive;
+  dnnl::memory::desc scratchpad, workspace;
+};
+
+const NormPlan& NormPlanFor(bool backward, const NormGeometry& g) {
+  static std::mutex mutex;
+  static std::map<std::tuple<bool, decltype(g.Key())>, NormPlan> plans;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto key = std::make_tuple(backward, g.Key());
+  auto it = plans.find(key);
+  if (it != plans.end()) return it->second;
+  NormPlan plan;
+  if (!backward) {
+    auto pd = NormForwardPd(g, static_cast<Norm>(g.norm));
+    plan = {dnnl::batch_normalization_forward(pd), pd.scratchpad_desc(), pd.workspace_desc()};
+  } else {  // the gradient of the normalisation alone: the caller masks dy by the ReLU
+    dnnl::batch_normalization_backward::primitive_desc pd(
+        Engine(), dnnl::prop_kind::backward, g.Data(), g.Data(), g.Data(), g.epsilon,
+        FlagsOf(Norm::kPlain), NormForwardPd(g, Norm::kPlain), UserScratchpad());
+    plan = {dnnl::batch_normalization_backward(pd), pd.scratchpad_desc(), {}};
+  }
+  return plans.emplace(key, std::move(plan)).first->second;
+}
+
+template <typename Body>
+ffi::Error EachGroup(int64_t batch, const NormGeometry& g, bool backward, Body body) {
+  if (g.group <= 0 || batch % g.group) {
+    return ffi::Error::InvalidArgument("batch norm: the batch is not a multiple of the group");
+  }
+  try {
+    const NormPlan& plan = NormPlanFor(backward, g);
+    thread_local std::vector<char> scratch_buffer, workspace_buffer;
+    auto& stream = Stream();
+    dnnl::memory scratchpad = Temporary(scratch_buffer, plan.scratchpad);
+    dnnl::memory workspace;  // forward_training wants one for the ReLU; backward does not
+    if (plan.workspace.get_size()) workspace = Temporary(workspace_buffer, plan.workspace);
+    for (int64_t k = 0; k < batch / g.group; ++k) {
+      std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SCRATCHPAD, scratchpad}};
+      if (workspace) args[DNNL_ARG_WORKSPACE] = workspace;
+      body(k, args);
+      plan.primitive.execute(stream, args);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN batch norm: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+NormGeometry NormGeometryOf(ffi::Span<const int64_t> x, int64_t group, float epsilon,
+                            Norm norm) {
+  return {group, x[1], x[2], x[3], epsilon, static_cast<int>(norm)};
+}
+
+dnnl::memory At(const dnnl::memory::desc& desc, void* base, size_t offset) {
+  return dnnl::memory(desc, Engine(), static_cast<float*>(base) + offset);
+}
+
+ffi::Error NormForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
+                       ffi::Buffer<ffi::F32> shift, ffi::ResultBuffer<ffi::F32> y,
+                       ffi::ResultBuffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> var,
+                       int64_t group, float epsilon, int64_t relu) {
+  NormGeometry g = NormGeometryOf(x.dimensions(), group, epsilon,
+                                  relu ? Norm::kRelu : Norm::kPlain);
+  return EachGroup(x.dimensions()[0], g, false, [&](int64_t k, auto& args) {
+    size_t data = k * g.GroupElements(), stats = k * g.c;
+    args[DNNL_ARG_SRC] = At(g.Data(), x.untyped_data(), data);
+    args[DNNL_ARG_DST] = At(g.Data(), y->untyped_data(), data);
+    args[DNNL_ARG_SCALE] = At(g.Channels(), scale.untyped_data(), 0);
+    args[DNNL_ARG_SHIFT] = At(g.Channels(), shift.untyped_data(), 0);
+    args[DNNL_ARG_MEAN] = At(g.Channels(), mean->untyped_data(), stats);
+    args[DNNL_ARG_VARIANCE] = At(g.Channels(), var->untyped_data(), stats);
+  });
+}
+
+ffi::Error NormBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                        ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> var,
+                        ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> dx,
+                        ffi::ResultBuffer<ffi::F32> dscale, ffi::ResultBuffer<ffi::F32> dshift,
+                        int64_t group, float epsilon) {
+  NormGeometry g = NormGeometryOf(x.dimensions(), group, epsilon, Norm::kPlain);
+  return EachGroup(x.dimensions()[0], g, true, [&](int64_t k, auto& args) {
+    size_t data = k * g.GroupElements(), stats = k * g.c;
+    args[DNNL_ARG_SRC] = At(g.Data(), x.untyped_data(), data);
+    args[DNNL_ARG_DIFF_DST] = At(g.Data(), dy.untyped_data(), data);
+    args[DNNL_ARG_DIFF_SRC] = At(g.Data(), dx->untyped_data(), data);
+    args[DNNL_ARG_MEAN] = At(g.Channels(), mean.untyped_data(), stats);
+    args[DNNL_ARG_VARIANCE] = At(g.Channels(), var.untyped_data(), stats);
+    args[DNNL_ARG_SCALE] = At(g.Channels(), scale.untyped_data(), 0);
+    args[DNNL_ARG_DIFF_SCALE] = At(g.Channels(), dscale->untyped_data(), stats);
+    args[DNNL_ARG_DIFF_SHIFT] = At(g.Channels(), dshift->untyped_data(), stats);
+  });
+}
+
 }  // namespace
 
 // Exported names: lrsched_conv_{forward,backward_data,backward_weights}_{f32,bf16}.
@@ -222,3 +349,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(lrsched_conv_backward_data_bf16, BackwardData<ffi:
                               Binding<ffi::BF16>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(lrsched_conv_backward_weights_bf16, BackwardWeights<ffi::BF16>,
                               Binding<ffi::BF16>());
+
+// Batch norm (float32): lrsched_norm_forward (relu = 0 or 1), lrsched_norm_backward.
+using F32 = ffi::Buffer<ffi::F32>;
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+XLA_FFI_DEFINE_HANDLER_SYMBOL(lrsched_norm_forward, NormForward,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Attr<int64_t>("group").Attr<float>("epsilon")
+                                  .Attr<int64_t>("relu"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(lrsched_norm_backward, NormBackward,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Arg<F32>().Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Attr<int64_t>("group").Attr<float>("epsilon"));

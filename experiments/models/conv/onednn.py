@@ -1,4 +1,4 @@
-"""oneDNN's convolutions inside XLA on CPU (``--conv=onednn``): forward and both gradients.
+"""oneDNN's convolutions and batch norm inside XLA on CPU (``--conv=onednn``).
 
 XLA:CPU runs a ResNet's convolutions through Eigen, 1.2-14x slower than oneDNN on the same
 cores, the weight gradient worst (WORKSPACE.md, issue 10). This backend runs oneDNN's kernels
@@ -17,6 +17,12 @@ Convolutions the handlers do not cover (dilation, groups, layouts other than NHW
 mixed dtypes) run as XLA's. The results agree with XLA's to float rounding (the forward
 bit for bit in float32 on the machines measured so far; the gradients to about 1e-6
 relative).
+
+`batch_norm` is ghost batch norm's training pass (`layers.GhostBatchNorm` with ``onednn``):
+one oneDNN batch-norm call per group, forward with the ReLU fused and backward, float32. XLA
+spends more of a CPU step on batch norm's reductions than on anything but the convolutions;
+oneDNN's pass is 1.1-1.7x faster per step (WORKSPACE.md). The residual add stays XLA's:
+oneDNN 3.2 has no fused add-ReLU for training on CPU.
 """
 
 from __future__ import annotations
@@ -125,6 +131,54 @@ def _conv_bwd(strides, pads, residuals, g):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+def batch_norm(x: jax.Array, scale: jax.Array, shift: jax.Array, group: int, epsilon: float,
+               relu: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Ghost batch norm in training by oneDNN, with its ReLU fused if ``relu``.
+
+  ``x``: (batch, h, w, c) float32, ``batch`` a multiple of ``group``; ``scale`` and ``shift``:
+  (c,) float32. Returns ``bn(x)`` (or ``relu(bn(x))``), each group of ``group`` consecutive
+  examples normalised with its own mean and biased variance, and those statistics,
+  (batch / group, c) each, not differentiable (they feed the running averages). The
+  gradient is batch norm's, by oneDNN; the ReLU's mask is applied to it in XLA, which fuses
+  it with the sum of the incoming gradients.
+  """
+  _register()
+  y, mean, var = _batch_norm(*vma.match(x, scale, shift), group, float(epsilon), relu)
+  return y, lax.stop_gradient(mean), lax.stop_gradient(var)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _batch_norm(x, scale, shift, group, epsilon, relu):
+  stats = jax.ShapeDtypeStruct((x.shape[0] // group, x.shape[-1]), jnp.float32)
+  outs = jax.ffi.ffi_call(
+      'lrsched_norm_forward', (jax.ShapeDtypeStruct(x.shape, x.dtype), stats, stats),
+      vmap_method='sequential')(x, scale, shift, group=np.int64(group),
+                                epsilon=np.float32(epsilon), relu=np.int64(relu))
+  return tuple(vma.like(out, x, scale) for out in outs)
+
+
+def _batch_norm_fwd(x, scale, shift, group, epsilon, relu):
+  y, mean, var = _batch_norm(x, scale, shift, group, epsilon, relu)
+  return (y, mean, var), (x, scale, mean, var, y if relu else None)
+
+
+def _batch_norm_bwd(group, epsilon, relu, saved, cotangents):
+  x, scale, mean, var, y = saved
+  dy = cotangents[0]  # the statistics' cotangents are zeros: `batch_norm` stops them
+  if relu:
+    dy = jnp.where(y > 0, dy, jnp.zeros_like(dy))
+  per_group = jax.ShapeDtypeStruct(mean.shape, jnp.float32)
+  dx, dscale, dshift = jax.ffi.ffi_call(
+      'lrsched_norm_backward', (jax.ShapeDtypeStruct(x.shape, x.dtype), per_group, per_group),
+      vmap_method='sequential')(x, dy, mean, var, scale, group=np.int64(group),
+                                epsilon=np.float32(epsilon))
+  dx, dscale, dshift = (vma.like(out, x, dy) for out in (dx, dscale, dshift))
+  return dx, jnp.sum(dscale, axis=0), jnp.sum(dshift, axis=0)
+
+
+_batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
 def _installed_file(distribution: str, suffix: str) -> Path:
   try:
     files = importlib.metadata.files(distribution) or []
@@ -156,11 +210,10 @@ def _register() -> None:
   finally:
     for name in ours:
       del os.environ[name]
-  for op in _OPS:
-    for suffix in _TYPES.values():
-      name = f'lrsched_conv_{op}_{suffix}'
-      jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)),
-                                  platform='cpu')
+  names = [f'lrsched_conv_{op}_{suffix}' for op in _OPS for suffix in _TYPES.values()]
+  for name in [*names, 'lrsched_norm_forward', 'lrsched_norm_backward']:
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)),
+                                platform='cpu')
 
 
 def _build() -> Path:
