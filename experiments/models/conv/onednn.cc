@@ -209,35 +209,33 @@ auto Binding() {
       .template Attr<int64_t>("pad_left");
 }
 
-
 // Batch norm over groups of a batch: x is b x h x w x c (NHWC), normalised with the statistics
 // of each group of `group` consecutive examples (ghost batch norm; group == b for plain batch
 // norm); one primitive call per group, at its offset. Statistics are float32 (k x c, k = b /
 // group), biased variance; scale and shift are c floats.
 // oneDNN 3.2 on CPU has no fuse_norm_add_relu in training: the residual add stays XLA's.
-enum class Norm { kPlain, kRelu };  // forward: y = bn(x) or relu(bn(x))
 
 struct NormGeometry {
   int64_t group, h, w, c;
   float epsilon;
-  int norm;
+  bool relu;  // the forward's y = relu(bn(x)) rather than bn(x)
 
-  auto Key() const { return std::make_tuple(group, h, w, c, epsilon, norm); }
+  auto Key() const { return std::make_tuple(group, h, w, c, epsilon, relu); }
   dnnl::memory::desc Data() const { return {{group, c, h, w}, kType<ffi::F32>, tag::nhwc}; }
   dnnl::memory::desc Channels() const { return {{c}, kType<ffi::F32>, tag::a}; }
   size_t GroupElements() const { return static_cast<size_t>(group * h * w * c); }
 };
 
-dnnl::normalization_flags FlagsOf(Norm norm) {
+dnnl::normalization_flags FlagsOf(bool relu) {
   auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
-  if (norm == Norm::kRelu) flags |= dnnl::normalization_flags::fuse_norm_relu;
+  if (relu) flags |= dnnl::normalization_flags::fuse_norm_relu;
   return flags;
 }
 
 dnnl::batch_normalization_forward::primitive_desc NormForwardPd(const NormGeometry& g,
-                                                                Norm norm) {
+                                                                bool relu) {
   return {Engine(), dnnl::prop_kind::forward_training, g.Data(), g.Data(), g.epsilon,
-          FlagsOf(norm), UserScratchpad()};
+          FlagsOf(relu), UserScratchpad()};
 }
 
 struct NormPlan {
@@ -254,12 +252,12 @@ const NormPlan& NormPlanFor(bool backward, const NormGeometry& g) {
   if (it != plans.end()) return it->second;
   NormPlan plan;
   if (!backward) {
-    auto pd = NormForwardPd(g, static_cast<Norm>(g.norm));
+    auto pd = NormForwardPd(g, g.relu);
     plan = {dnnl::batch_normalization_forward(pd), pd.scratchpad_desc(), pd.workspace_desc()};
   } else {  // the gradient of the normalisation alone: the caller masks dy by the ReLU
     dnnl::batch_normalization_backward::primitive_desc pd(
         Engine(), dnnl::prop_kind::backward, g.Data(), g.Data(), g.Data(), g.epsilon,
-        FlagsOf(Norm::kPlain), NormForwardPd(g, Norm::kPlain), UserScratchpad());
+        FlagsOf(false), NormForwardPd(g, false), UserScratchpad());
     plan = {dnnl::batch_normalization_backward(pd), pd.scratchpad_desc(), {}};
   }
   return plans.emplace(key, std::move(plan)).first->second;
@@ -291,8 +289,8 @@ ffi::Error EachGroup(int64_t batch, const NormGeometry& g, bool backward, Body b
 }
 
 NormGeometry NormGeometryOf(ffi::Span<const int64_t> x, int64_t group, float epsilon,
-                            Norm norm) {
-  return {group, x[1], x[2], x[3], epsilon, static_cast<int>(norm)};
+                            bool relu) {
+  return {group, x[1], x[2], x[3], epsilon, relu};
 }
 
 dnnl::memory At(const dnnl::memory::desc& desc, void* base, size_t offset) {
@@ -303,8 +301,7 @@ ffi::Error NormForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
                        ffi::Buffer<ffi::F32> shift, ffi::ResultBuffer<ffi::F32> y,
                        ffi::ResultBuffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> var,
                        int64_t group, float epsilon, int64_t relu) {
-  NormGeometry g = NormGeometryOf(x.dimensions(), group, epsilon,
-                                  relu ? Norm::kRelu : Norm::kPlain);
+  NormGeometry g = NormGeometryOf(x.dimensions(), group, epsilon, relu != 0);
   return EachGroup(x.dimensions()[0], g, false, [&](int64_t k, auto& args) {
     size_t data = k * g.GroupElements(), stats = k * g.c;
     args[DNNL_ARG_SRC] = At(g.Data(), x.untyped_data(), data);
@@ -321,7 +318,7 @@ ffi::Error NormBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                         ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> dx,
                         ffi::ResultBuffer<ffi::F32> dscale, ffi::ResultBuffer<ffi::F32> dshift,
                         int64_t group, float epsilon) {
-  NormGeometry g = NormGeometryOf(x.dimensions(), group, epsilon, Norm::kPlain);
+  NormGeometry g = NormGeometryOf(x.dimensions(), group, epsilon, false);
   return EachGroup(x.dimensions()[0], g, true, [&](int64_t k, auto& args) {
     size_t data = k * g.GroupElements(), stats = k * g.c;
     args[DNNL_ARG_SRC] = At(g.Data(), x.untyped_data(), data);
@@ -352,7 +349,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(lrsched_conv_backward_weights_bf16, BackwardWeight
 
 // Batch norm (float32): lrsched_norm_forward (relu = 0 or 1), lrsched_norm_backward.
 using F32 = ffi::Buffer<ffi::F32>;
-using F32Out = ffi::ResultBuffer<ffi::F32>;
 XLA_FFI_DEFINE_HANDLER_SYMBOL(lrsched_norm_forward, NormForward,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>()
                                   .Ret<F32>().Ret<F32>().Ret<F32>()
