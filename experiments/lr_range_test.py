@@ -332,5 +332,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-  allocator.reexec_with_huge_pages()
+  allocator.reexec_with_tuned_malloc()
   app.run(main)

@@ -6,6 +6,6 @@ from experiments import allocator
 from experiments.benchmark.runner import main
 from experiments.benchmark.settings import define_flags
 
-allocator.reexec_with_huge_pages()  # first: it starts the process again
+allocator.reexec_with_tuned_malloc()  # first: it starts the process again
 define_flags()
 app.run(main)
