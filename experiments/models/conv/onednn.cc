@@ -1,8 +1,9 @@
 // oneDNN's convolutions as XLA FFI handlers on CPU: forward, backward data, backward weights.
 //
 // Activations are NHWC and kernels HWIO, as JAX lays them out; oneDNN reads and writes the
-// activations in place and gets the kernel reordered into the layout it prefers (a small
-// array). Primitives are built once per shape and dtype and cached. Each call brings its own
+// activations in place and the kernel too where the layout it prefers is HWIO's in memory
+// (often: its blocks span the output width), else a reordered copy (a small array).
+// Primitives are built once per shape and dtype and cached. Each call brings its own
 // scratchpad (user mode), so one primitive may run on several XLA threads at once (one
 // device per thread with fake CPU devices). Built by `experiments/models/conv/onednn.py`.
 #include <cstdint>
@@ -84,18 +85,57 @@ dnnl::convolution_forward::primitive_desc ForwardPd(const Geometry& g) {
           UserScratchpad()};
 }
 
+// Where element `index` of a plain or blocked layout lies, in elements.
+int64_t Offset(const dnnl::memory::desc& desc, const dnnl::memory::dims& index) {
+  const auto strides = desc.get_strides(), blocks = desc.get_inner_blks(),
+             block_dims = desc.get_inner_idxs();
+  dnnl::memory::dims block(index.size(), 1);
+  for (size_t k = 0; k < blocks.size(); ++k) block[block_dims[k]] *= blocks[k];
+  int64_t offset = 0, inner = 1;
+  for (size_t d = 0; d < index.size(); ++d) offset += index[d] / block[d] * strides[d];
+  dnnl::memory::dims divisor(index.size(), 1);
+  for (size_t k = blocks.size(); k-- > 0;) {  // the innermost block last
+    const int64_t d = block_dims[k];
+    offset += index[d] / divisor[d] % blocks[k] * inner;
+    divisor[d] *= blocks[k];
+    inner *= blocks[k];
+  }
+  return offset;
+}
+
+// Whether two descriptions of a kernel put every element at the same place (Acdb16a is
+// HWIO itself for 16 outputs, and oneDNN's blocks are often the whole output width), so
+// that the kernel needs no reorder.
+bool SameLayout(const dnnl::memory::desc& a, const dnnl::memory::desc& b) {
+  if (a == b) return true;
+  const auto dims = a.get_dims();
+  if (a.get_format_kind() != dnnl::memory::format_kind::blocked ||
+      b.get_format_kind() != dnnl::memory::format_kind::blocked ||
+      a.get_data_type() != b.get_data_type() || dims.size() != 4 || dims != b.get_dims() ||
+      a.get_padded_dims() != dims || b.get_padded_dims() != dims) {
+    return false;
+  }
+  dnnl::memory::dims i(4);
+  for (i[0] = 0; i[0] < dims[0]; ++i[0])
+    for (i[1] = 0; i[1] < dims[1]; ++i[1])
+      for (i[2] = 0; i[2] < dims[2]; ++i[2])
+        for (i[3] = 0; i[3] < dims[3]; ++i[3])
+          if (Offset(a, i) != Offset(b, i)) return false;
+  return true;
+}
+
 // A primitive, its kernel layout and the reorder between that layout and HWIO.
 struct Plan {
   dnnl::primitive primitive;
   dnnl::memory::desc weights, scratchpad;
-  dnnl::reorder reorder;  // empty when the primitive takes HWIO as it is
+  dnnl::reorder reorder;  // empty when the primitive's layout is HWIO's
 };
 
 template <typename Primitive, typename Pd>
 Plan MakePlan(const Pd& pd, const dnnl::memory::desc& weights, const Geometry& g,
               bool to_hwio) {
   Plan plan{Primitive(pd), weights, pd.scratchpad_desc(), {}};
-  if (weights != g.Hwio()) {
+  if (!SameLayout(weights, g.Hwio())) {
     plan.reorder = to_hwio ? dnnl::reorder(dnnl::reorder::primitive_desc(
                                  Engine(), weights, Engine(), g.Hwio()))
                            : dnnl::reorder(dnnl::reorder::primitive_desc(
@@ -138,33 +178,34 @@ ffi::Error Run(Op op, const Geometry& g, void* a, void* b, void* out) {
     thread_local std::vector<char> scratch_buffer, weights_buffer;
     auto& stream = Stream();
     dnnl::memory scratchpad = Temporary(scratch_buffer, plan.scratchpad);
-    auto weights = [&](void* hwio) {
-      return dnnl::memory(g.Hwio(), Engine(), hwio);
-    };
-    auto in_plan_layout = [&](dnnl::memory hwio) {
-      if (!plan.reorder) return hwio;
+    auto in_plan_layout = [&](void* hwio) {
+      if (!plan.reorder) return dnnl::memory(plan.weights, Engine(), hwio);
       dnnl::memory reordered = Temporary(weights_buffer, plan.weights);
-      plan.reorder.execute(stream, hwio, reordered);
+      dnnl::memory given(g.Hwio(), Engine(), hwio);
+      plan.reorder.execute(stream, given, reordered);
       return reordered;
     };
     if (op == Op::kForward) {  // a: x, b: w, out: y
       plan.primitive.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(g.Src(), Engine(), a)},
-                                      {DNNL_ARG_WEIGHTS, in_plan_layout(weights(b))},
+                                      {DNNL_ARG_WEIGHTS, in_plan_layout(b)},
                                       {DNNL_ARG_DST, dnnl::memory(g.Dst(), Engine(), out)},
                                       {DNNL_ARG_SCRATCHPAD, scratchpad}});
     } else if (op == Op::kBackwardData) {  // a: dy, b: w, out: dx
       plan.primitive.execute(stream, {{DNNL_ARG_DIFF_DST, dnnl::memory(g.Dst(), Engine(), a)},
-                                      {DNNL_ARG_WEIGHTS, in_plan_layout(weights(b))},
+                                      {DNNL_ARG_WEIGHTS, in_plan_layout(b)},
                                       {DNNL_ARG_DIFF_SRC, dnnl::memory(g.Src(), Engine(), out)},
                                       {DNNL_ARG_SCRATCHPAD, scratchpad}});
     } else {  // a: x, b: dy, out: dw
-      dnnl::memory hwio = weights(out);
-      dnnl::memory dw = plan.reorder ? Temporary(weights_buffer, plan.weights) : hwio;
+      dnnl::memory dw = plan.reorder ? Temporary(weights_buffer, plan.weights)
+                                     : dnnl::memory(plan.weights, Engine(), out);
       plan.primitive.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(g.Src(), Engine(), a)},
                                       {DNNL_ARG_DIFF_DST, dnnl::memory(g.Dst(), Engine(), b)},
                                       {DNNL_ARG_DIFF_WEIGHTS, dw},
                                       {DNNL_ARG_SCRATCHPAD, scratchpad}});
-      if (plan.reorder) plan.reorder.execute(stream, dw, hwio);
+      if (plan.reorder) {
+        dnnl::memory hwio(g.Hwio(), Engine(), out);
+        plan.reorder.execute(stream, dw, hwio);
+      }
     }
     stream.wait();
   } catch (const dnnl::error& e) {
