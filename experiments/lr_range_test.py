@@ -226,20 +226,21 @@ def run(config: Config, sweep: Sweep, *, workdir: str | None = None,
       curve = result()  # smoothed and cut once per read
       if curve.diverged_at is not None:
         break
+      # The training steps' rate, as the trainer's line gives it: evaluation not counted.
+      now = time.time()
+      images_per_sec = (t + 1 - last['step']) * batch / max(now - last['time'], 1e-9)
       if test_point:
         accuracy = float(evaluate(state.params, state.batch_stats)[1])
         metrics.append(accuracy)
         metric_steps.append(t)
         progress.note(f'step {t + 1}: lr {lrs[t]:.4g}, test accuracy {accuracy:.4f}')
-      now = time.time()
       progress.update(t + 1, lr=float(lrs[t]), loss=float(curve.smoothed_losses[-1]),
-                      images_per_sec=(t + 1 - last['step']) * batch / max(now - last['time'],
-                                                                          1e-9))
-      last.update(time=time.time(), step=t + 1)
+                      images_per_sec=images_per_sec)
       if stop.signal is not None:
         status = 'interrupted'
         break
       write('running', result())  # with this point's accuracy
+      last.update(time=time.time(), step=t + 1)
   progress.close()
   report = write(status, result())
   if primary:
